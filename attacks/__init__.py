@@ -1,0 +1,1 @@
+"""Gradient leakage attacks (see issue 4)."""

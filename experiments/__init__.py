@@ -1,0 +1,1 @@
+"""Runnable studies; configs live in experiments/configs/."""

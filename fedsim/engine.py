@@ -1,0 +1,144 @@
+"""The round loop: algorithm round (local step -> messages through taps -> aggregate or mix) -> metrics.
+
+The engine knows nothing about files, plots or progress bars: it returns a ``Result`` and calls an
+optional ``on_round`` hook after every round (the CLI uses it for progress and checkpoints).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol, Sequence
+
+import torch
+
+from fedsim.messages import ByteCounter, Messages
+from fedsim.rng import Streams
+from fedsim.training import ClientData, evaluate
+
+
+class Schedule(Protocol):
+    """A (possibly time-varying) topology: ``at(t)`` gives the round's mixing matrix."""
+
+    n: int
+    directed: bool
+
+    def at(self, t: int): ...
+
+
+@dataclass(frozen=True)
+class Federation:
+    """Everything a round reads but never changes: data, test set, topology, random streams, device."""
+
+    data: ClientData
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    streams: Streams
+    schedule: Schedule | None = None
+    device: torch.device = torch.device("cpu")
+    dtype: torch.dtype = torch.float32
+
+
+@dataclass
+class Result:
+    """Per-round history (a list of flat dicts) and the final algorithm state."""
+
+    history: list[dict]
+    state: Any = None
+
+    def column(self, key: str) -> list:
+        """One metric over the rounds (NaN where it was not recorded)."""
+        return [row.get(key, math.nan) for row in self.history]
+
+    def final(self, key: str) -> float:
+        """The last recorded value of a metric."""
+        values = [row[key] for row in self.history if key in row]
+        if not values:
+            raise KeyError(f"metric {key!r} was never recorded; recorded: {sorted(self.keys())}")
+        return values[-1]
+
+    def keys(self) -> list[str]:
+        seen: dict[str, None] = {}
+        for row in self.history:
+            seen.update(dict.fromkeys(row))
+        return list(seen)
+
+    def to_json(self, path: str | Path) -> None:
+        """Write the history as JSON (atomically)."""
+        atomic_write_text(path, json.dumps({"history": self.history}, indent=1))
+
+    def to_csv(self, path: str | Path) -> None:
+        """Write the history as CSV, one row per round (atomically)."""
+        import io
+
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=self.keys(), restval="")
+        writer.writeheader()
+        writer.writerows(self.history)
+        atomic_write_text(path, buf.getvalue())
+
+    @staticmethod
+    def from_json(path: str | Path) -> "Result":
+        return Result(json.loads(Path(path).read_text())["history"])
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file and ``os.replace`` (never a half-written file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def evaluate_models(algorithm, state, fed: Federation) -> dict[str, float]:
+    """Test accuracy/loss of the models the algorithm exposes (``algorithm.models(state)``)."""
+    out = {}
+    for name, rows in algorithm.models(state).items():
+        acc, loss = evaluate(algorithm.trainer.model, rows, fed.test_x, fed.test_y)
+        out[f"{name}_acc"] = float(acc.mean())
+        out[f"{name}_loss"] = float(loss.mean())
+        if len(rows) > 1:
+            out[f"{name}_acc_min"] = float(acc.min())
+    return out
+
+
+def simulate(algorithm, fed: Federation, rounds: int, *, state=None, start_round: int = 0,
+             history: list[dict] | None = None, taps: Sequence[Callable[[Messages], Messages]] = (),
+             eval_every: int = 1, on_round: Callable[[int, Any, list[dict]], None] | None = None) -> Result:
+    """Run ``rounds`` rounds of ``algorithm`` (resuming from ``state``/``start_round`` if given).
+
+    Every message batch passes ``taps`` in order, then a byte counter. Test metrics are computed every
+    ``eval_every`` rounds and after the last one.
+    """
+    if rounds < 0 or start_round < 0 or eval_every < 1:
+        raise ValueError(f"need rounds >= 0, start_round >= 0, eval_every >= 1; got {rounds}, {start_round}, {eval_every}")
+    state = algorithm.init(fed) if state is None else state
+    history = list(history or [])
+    counter = ByteCounter()
+    chain = [*taps, counter]
+
+    def send(msgs: Messages) -> Messages:
+        for tap in chain:
+            msgs = tap(msgs)
+        return msgs
+
+    for t in range(start_round, rounds):
+        state, metrics = algorithm.round(state, t, fed, send)
+        row = {"round": t + 1, **metrics, **counter.pop_round()}
+        if (t + 1) % eval_every == 0 or t + 1 == rounds:
+            row.update(evaluate_models(algorithm, state, fed))
+        history.append(row)
+        if on_round is not None:
+            on_round(t, state, history)
+    return Result(history, state)

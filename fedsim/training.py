@@ -1,0 +1,155 @@
+"""Local training of many clients at once, plus the per-client reference loop it must match.
+
+``LocalSGD.train`` runs ``steps`` mini-batch SGD steps for every given client in one batched call
+(``torch.func.vmap`` over ``grad`` of a ``functional_call``), in chunks of clients so the working set
+stays in cache. ``LocalSGD.train_loop`` does the same with an ordinary ``nn.Module`` and
+``torch.optim.SGD``, one client at a time: the independent reference the tests compare against.
+Both draw identical mini-batches from the counter-based ``batch`` stream.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, grad_and_value, vmap
+
+from fedsim.rng import Streams
+from fedsim.state import ParamSpec
+
+
+@dataclass(frozen=True)
+class ClientData:
+    """All clients' training data: one sample pool plus each client's padded index list."""
+
+    x: torch.Tensor       # [M, ...] float
+    y: torch.Tensor       # [M] int64
+    index: torch.Tensor   # [n_clients, max_len] int64 into the pool (padded)
+    counts: torch.Tensor  # [n_clients] int64, >= 1
+
+    @staticmethod
+    def from_parts(x: np.ndarray, y: np.ndarray, parts: list[np.ndarray],
+                   device: str | torch.device = "cpu") -> "ClientData":
+        """Pack a partition (one index array per client) of the pool ``(x, y)``."""
+        if any(len(p) == 0 for p in parts):
+            empty = [i for i, p in enumerate(parts) if len(p) == 0]
+            raise ValueError(f"{len(empty)} clients have no data (e.g. client {empty[0]}); use fewer clients")
+        width = max(len(p) for p in parts)
+        index = np.zeros((len(parts), width), dtype=np.int64)
+        for i, p in enumerate(parts):
+            index[i, :len(p)] = p
+        return ClientData(torch.as_tensor(x, device=device), torch.as_tensor(y, dtype=torch.int64, device=device),
+                          torch.as_tensor(index, device=device),
+                          torch.as_tensor([len(p) for p in parts], dtype=torch.int64, device=device))
+
+    @property
+    def n_clients(self) -> int:
+        return self.index.shape[0]
+
+    def batch_indices(self, streams: Streams, clients: torch.Tensor, round: int, steps: int,
+                      batch_size: int) -> torch.Tensor:
+        """Pool indices of every client's mini-batches this round, ``[len(clients), steps, batch_size]``.
+
+        Each client samples uniformly with replacement from its own data, from its ``batch`` stream.
+        """
+        local = streams.randint("batch", clients.cpu(), round, self.counts[clients].cpu(), (steps, batch_size))
+        local = local.to(self.index.device)
+        return torch.gather(self.index[clients], 1, local.reshape(len(clients), -1)).reshape(local.shape)
+
+
+@dataclass(frozen=True)
+class LocalSGD:
+    """``steps`` steps of mini-batch SGD (cross-entropy, optional momentum and weight decay) per round.
+
+    Momentum buffers start at zero every round (local optimiser state is not kept between rounds).
+    """
+
+    model: nn.Module
+    lr: float
+    steps: int = 1
+    batch_size: int = 32
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    chunk: int = 1024
+    _grad: object = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        spec = ParamSpec.of(self.model)
+        model = self.model
+
+        def loss(row, x, y):
+            return F.cross_entropy(functional_call(model, spec.unflatten(row), (x,)), y)
+
+        object.__setattr__(self, "_grad", vmap(grad_and_value(loss)))
+
+    def train(self, params: torch.Tensor, clients: torch.Tensor, round: int, data: ClientData,
+              streams: Streams) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batched local training. Returns (new params ``[m, P]``, mean training loss per client ``[m]``)."""
+        out = params.clone()
+        losses = torch.zeros(len(clients), dtype=params.dtype, device=params.device)
+        if self.steps == 0 or len(clients) == 0:
+            return out, losses
+        idx = data.batch_indices(streams, clients, round, self.steps, self.batch_size)
+        for start in range(0, len(clients), self.chunk):
+            sl = slice(start, start + self.chunk)
+            p = out[sl]
+            buf = torch.zeros_like(p) if self.momentum else None
+            for s in range(self.steps):
+                batch = idx[sl, s]
+                g, loss = self._grad(p, data.x[batch], data.y[batch])
+                if self.weight_decay:
+                    g = g + self.weight_decay * p
+                if buf is not None:
+                    g = buf.mul_(self.momentum).add_(g)
+                p.sub_(g, alpha=self.lr)
+                losses[sl] += loss.detach()
+        return out, losses / self.steps
+
+    def train_loop(self, params: torch.Tensor, clients: torch.Tensor, round: int, data: ClientData,
+                   streams: Streams) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reference implementation: one ``nn.Module`` and ``torch.optim.SGD`` per client, in a Python loop."""
+        out = params.clone()
+        losses = torch.zeros(len(clients), dtype=params.dtype, device=params.device)
+        if self.steps == 0:
+            return out, losses
+        model = copy.deepcopy(self.model).to(device=params.device, dtype=params.dtype)
+        for r, client in enumerate(clients.tolist()):
+            idx = data.batch_indices(streams, torch.tensor([client]), round, self.steps, self.batch_size)[0]
+            torch.nn.utils.vector_to_parameters(params[r].clone(), model.parameters())
+            opt = torch.optim.SGD(model.parameters(), lr=self.lr, momentum=self.momentum,
+                                  weight_decay=self.weight_decay)
+            for s in range(self.steps):
+                opt.zero_grad()
+                loss = F.cross_entropy(model(data.x[idx[s]]), data.y[idx[s]])
+                loss.backward()
+                opt.step()
+                losses[r] += loss.detach()
+            out[r] = torch.nn.utils.parameters_to_vector(model.parameters()).detach()
+        return out, losses / self.steps
+
+
+def evaluate(model: nn.Module, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+             chunk: int = 64, batch: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """Accuracy and mean cross-entropy of each parameter row of ``params`` ``[K, P]`` on ``(x, y)``."""
+    spec = ParamSpec.of(model)
+
+    def logits(row, xb):
+        return functional_call(model, spec.unflatten(row), (xb,))
+
+    many = vmap(logits, in_dims=(0, None))
+    correct = torch.zeros(len(params), dtype=torch.float64, device=params.device)
+    total_loss = torch.zeros_like(correct)
+    with torch.no_grad():
+        for start in range(0, len(params), chunk):
+            rows = params[start:start + chunk]
+            for b in range(0, len(x), batch):
+                z = many(rows, x[b:b + batch])
+                yb = y[b:b + batch]
+                correct[start:start + chunk] += (z.argmax(-1) == yb).sum(-1).double()
+                total_loss[start:start + chunk] += F.cross_entropy(
+                    z.flatten(0, 1), yb.repeat(len(rows)), reduction="none").view(len(rows), -1).sum(-1).double()
+    return correct / len(x), total_loss / len(x)
