@@ -18,7 +18,6 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 
 
 @dataclass(frozen=True)
@@ -75,7 +74,10 @@ class SparseW:
         return SparseW(self.n, self.crow, self.cols, self.rows, vals, self.diag_pos, self.directed)
 
     def to_csr(self) -> torch.Tensor:
-        return torch.sparse_csr_tensor(self.crow, self.cols, self.vals, size=(self.n, self.n), check_invariants=False)
+        with warnings.catch_warnings():  # "sparse CSR support is in beta"
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.sparse_csr_tensor(self.crow, self.cols, self.vals, size=(self.n, self.n),
+                                           check_invariants=False)
 
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
         """``W @ x`` for x of shape [n, P] or [n]."""

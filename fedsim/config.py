@@ -1,0 +1,275 @@
+"""Run configuration: frozen dataclasses loaded from TOML and validated once, with errors that name the key.
+
+A config file looks like ``experiments/configs/quickstart.toml``::
+
+    name = "fedavg-digits"
+    seed = 0
+    rounds = 50
+    clients = 10
+
+    [data]        dataset, dir, test_fraction, partition, alpha, per_client
+    [model]       name, hidden
+    [algorithm]   name, lr, momentum, weight_decay, local_steps, batch_size, clients_per_round,
+                  active_fraction, same_init, weighted
+    [topology]    name, k, p, m, path, mixing, schedule, q
+    [taps]        link_drop
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class ConfigError(ValueError):
+    """A bad configuration: the message names the key, the bad value and what is allowed."""
+
+
+def _choice(where: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{where} = {value!r} is not one of {', '.join(map(repr, allowed))}")
+
+
+def _positive(where: str, value, zero_ok: bool = False) -> None:
+    if value < 0 or (value == 0 and not zero_ok):
+        raise ConfigError(f"{where} must be {'>= 0' if zero_ok else '> 0'}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "digits"          # digits | mnist
+    dir: str = ""                    # data directory ("" = $FEDSIM_DATA_DIR or the user cache)
+    test_fraction: float = 0.2       # held-out share of the data set (stratified)
+    partition: str = "iid"           # iid | dirichlet | sorted | sampled
+    alpha: float = 0.5               # Dirichlet concentration (partition = "dirichlet")
+    per_client: int = 32             # samples per client (partition = "sampled", clients may overlap)
+
+    def validate(self) -> None:
+        _choice("data.dataset", self.dataset, ("digits", "mnist"))
+        _choice("data.partition", self.partition, ("iid", "dirichlet", "sorted", "sampled"))
+        if not 0 < self.test_fraction < 1:
+            raise ConfigError(f"data.test_fraction must be in (0, 1), got {self.test_fraction!r}")
+        _positive("data.alpha", self.alpha)
+        _positive("data.per_client", self.per_client)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "mlp"                # mlp | lenet
+    hidden: tuple[int, ...] = (32,)  # MLP hidden sizes
+
+    def validate(self) -> None:
+        _choice("model.name", self.name, ("mlp", "lenet"))
+        for h in self.hidden:
+            _positive("model.hidden entries", h)
+
+
+@dataclass(frozen=True)
+class AlgorithmConfig:
+    name: str = "fedavg"             # fedavg (star) | gossip (D-PSGD; local_steps = 0: plain averaging)
+    lr: float = 0.1
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    local_steps: int = 1
+    batch_size: int = 32
+    clients_per_round: int = 0       # fedavg: clients sampled per round (0 = all)
+    active_fraction: float = 1.0     # gossip: share of nodes that train each round
+    same_init: bool = True           # gossip: all nodes start from one model
+    weighted: bool = True            # fedavg: weight clients by their sample counts
+
+    def validate(self) -> None:
+        _choice("algorithm.name", self.name, ("fedavg", "gossip"))
+        _positive("algorithm.lr", self.lr)
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"algorithm.momentum must be in [0, 1), got {self.momentum!r}")
+        _positive("algorithm.weight_decay", self.weight_decay, zero_ok=True)
+        _positive("algorithm.local_steps", self.local_steps, zero_ok=True)
+        _positive("algorithm.batch_size", self.batch_size)
+        _positive("algorithm.clients_per_round", self.clients_per_round, zero_ok=True)
+        if not 0 < self.active_fraction <= 1:
+            raise ConfigError(f"algorithm.active_fraction must be in (0, 1], got {self.active_fraction!r}")
+
+
+@dataclass(frozen=True)
+class TopologyConfig:
+    name: str = "star"               # star, or any graph of topologies.GENERATORS
+    k: int = 4                       # degree (regular, watts_strogatz)
+    p: float = 0.1                   # edge / rewiring probability (erdos_renyi, watts_strogatz)
+    m: int = 2                       # attachment edges (barabasi_albert)
+    path: str = ""                   # edge-list file (edge_list)
+    mixing: str = "metropolis"       # metropolis | max_degree | uniform
+    schedule: str = "static"         # static | matching (random matching per round) | failures (i.i.d. link failures)
+    q: float = 0.1                   # link failure probability (schedule = "failures")
+
+    def validate(self) -> None:
+        _choice("topology.mixing", self.mixing, ("metropolis", "max_degree", "uniform"))
+        _choice("topology.schedule", self.schedule, ("static", "matching", "failures"))
+        if not 0 <= self.q <= 1:
+            raise ConfigError(f"topology.q must be in [0, 1], got {self.q!r}")
+
+
+@dataclass(frozen=True)
+class TapsConfig:
+    link_drop: float = 0.0           # probability that any one message is lost
+
+    def validate(self) -> None:
+        if not 0 <= self.link_drop <= 1:
+            raise ConfigError(f"taps.link_drop must be in [0, 1], got {self.link_drop!r}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str = "run"
+    seed: int = 0
+    rounds: int = 50
+    clients: int = 10
+    device: str = "cpu"              # cpu | cuda | cuda:N
+    threads: int = 0                 # torch intra-op threads (0 = leave torch's default)
+    eval_every: int = 1
+    checkpoint_every: int = 10       # rounds between resumable checkpoints (0 = never)
+    vectorized: bool = True          # False: the per-client reference loop (slow; for checking)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    topology: TopologyConfig = field(default_factory=TopologyConfig)
+    taps: TapsConfig = field(default_factory=TapsConfig)
+
+    def validate(self) -> "RunConfig":
+        """Check every value; return self so ``RunConfig(...).validate()`` chains."""
+        _positive("rounds", self.rounds)
+        if self.clients < 1:
+            raise ConfigError(f"clients must be >= 1, got {self.clients!r}")
+        _positive("eval_every", self.eval_every)
+        _positive("checkpoint_every", self.checkpoint_every, zero_ok=True)
+        _positive("threads", self.threads, zero_ok=True)
+        if not (self.device == "cpu" or self.device == "cuda" or self.device.startswith("cuda:")):
+            raise ConfigError(f"device = {self.device!r} is not 'cpu', 'cuda' or 'cuda:N'")
+        for section in (self.data, self.model, self.algorithm, self.topology, self.taps):
+            section.validate()
+        if self.algorithm.name == "fedavg" and self.topology.name != "star":
+            raise ConfigError(f"algorithm 'fedavg' runs on a star; got topology.name = {self.topology.name!r} "
+                              "(use algorithm.name = 'gossip' for other graphs)")
+        if self.algorithm.name == "gossip" and self.topology.name == "star" and self.clients < 2:
+            raise ConfigError("gossip needs at least 2 clients")
+        if self.algorithm.clients_per_round > self.clients:
+            raise ConfigError(f"algorithm.clients_per_round = {self.algorithm.clients_per_round} exceeds "
+                              f"clients = {self.clients}")
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _build(cls, values: dict, where: str):
+    """Instantiate dataclass ``cls`` from a TOML table, checking key names and value types."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"[{where}] must be a table, got {type(values).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in values.items():
+        if key not in fields:
+            close = difflib.get_close_matches(key, fields, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            section = f" in [{where}]" if where else ""
+            raise ConfigError(f"unknown key {key!r}{section}{hint} (known keys: {', '.join(fields)})")
+        name = f"{where}.{key}" if where else key
+        hint_type = hints[key]
+        if dataclasses.is_dataclass(hint_type):
+            kwargs[key] = _build(hint_type, value, name)
+        else:
+            kwargs[key] = _coerce(name, value, hint_type)
+    return cls(**kwargs)
+
+
+def _coerce(name: str, value, hint):
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{name} must be a list, got {value!r}")
+        inner = typing.get_args(hint)[0]
+        return tuple(_coerce(f"{name}[{i}]", v, inner) for i, v in enumerate(value))
+    if origin in (typing.Union, types.UnionType):
+        raise ConfigError(f"{name}: unsupported type {hint}")  # pragma: no cover
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name} must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{name} must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{name} must be a number, got {value!r}")
+        if value != value:
+            raise ConfigError(f"{name} is NaN")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{name} must be a string, got {value!r}")
+        return value
+    raise ConfigError(f"{name}: unsupported type {hint}")  # pragma: no cover
+
+
+def from_dict(values: dict) -> RunConfig:
+    """Build and validate a ``RunConfig`` from nested dicts (as parsed from TOML)."""
+    return _build(RunConfig, values, "").validate()
+
+
+def load(path: str | Path) -> RunConfig:
+    """Load and validate a TOML config file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    try:
+        values = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: invalid TOML: {e}") from None
+    try:
+        return from_dict(values)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def replace(cfg: RunConfig, overrides: dict) -> RunConfig:
+    """A copy of ``cfg`` with dotted-key overrides, e.g. ``{"algorithm.lr": 0.05, "rounds": 10}``."""
+    values = cfg.to_dict()
+    for dotted, value in overrides.items():
+        *path, key = dotted.split(".")
+        table = values
+        for part in path:
+            if part not in table or not isinstance(table[part], dict):
+                raise ConfigError(f"unknown section {part!r} in override {dotted!r}")
+            table = table[part]
+        table[key] = list(value) if isinstance(value, tuple) else value
+    return from_dict(values)
+
+
+def to_toml(cfg: RunConfig) -> str:
+    """Serialise a config back to TOML (flat keys first, then one table per section)."""
+    def fmt(v):
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, str):
+            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(fmt(x) for x in v) + "]"
+        return repr(v)
+
+    values = cfg.to_dict()
+    lines = [f"{k} = {fmt(v)}" for k, v in values.items() if not isinstance(v, dict)]
+    for k, v in values.items():
+        if isinstance(v, dict):
+            lines += ["", f"[{k}]"] + [f"{kk} = {fmt(vv)}" for kk, vv in v.items()]
+    return "\n".join(lines) + "\n"

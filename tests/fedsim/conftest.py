@@ -1,0 +1,39 @@
+import numpy as np
+import pytest
+import torch
+
+import topologies
+from fedsim import data as fdata
+from fedsim.engine import Federation
+from fedsim.models import build_model
+from fedsim.rng import Streams
+from fedsim.training import ClientData, LocalSGD
+
+
+@pytest.fixture(scope="session")
+def digits_split():
+    ds = fdata.load_digits()
+    return fdata.train_test_split(ds, 0.2, seed=0)
+
+
+def make_federation(train, test, n_clients=8, seed=0, schedule=None, partition="iid", **pparams):
+    parts = fdata.partition(partition, train.y, n_clients, seed=seed, **pparams)
+    data = ClientData.from_parts(train.x, train.y, parts)
+    return Federation(data, torch.as_tensor(test.x), torch.as_tensor(test.y), Streams(seed), schedule)
+
+
+@pytest.fixture
+def small_fed(digits_split):
+    train, test = digits_split
+    sched = topologies.Static(topologies.metropolis_hastings(topologies.ring(8)))
+    return make_federation(train, test, 8, schedule=sched)
+
+
+@pytest.fixture
+def mlp():
+    return build_model("mlp", (1, 8, 8), 10, (32,))
+
+
+def trainer(model, **kw):
+    kw = {"lr": 0.1, "steps": 2, "batch_size": 16, **kw}
+    return LocalSGD(model, **kw)
