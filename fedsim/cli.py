@@ -45,7 +45,7 @@ def _fmt(v) -> str:
 def format_table(rows: list[dict], columns: list[str]) -> str:
     """A plain-text table with one row per dict (missing values shown as '-')."""
     cells = [[_fmt(r.get(c, float("nan"))) for c in columns] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    widths = [max([len(c), *(len(row[i]) for row in cells)]) for i, c in enumerate(columns)]
     line = "  ".join(c.rjust(w) for c, w in zip(columns, widths))
     sep = "  ".join("-" * w for w in widths)
     body = ["  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in cells]

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
+import math
 import sys
 import types
 import typing
@@ -212,8 +214,8 @@ def _coerce(name: str, value, hint):
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{name} must be a number, got {value!r}")
-        if value != value:
-            raise ConfigError(f"{name} is NaN")
+        if not math.isfinite(value):
+            raise ConfigError(f"{name} must be finite, got {value!r}" + (" (NaN)" if value != value else ""))
         return float(value)
     if hint is str:
         if not isinstance(value, str):
@@ -236,6 +238,11 @@ def load(path: str | Path) -> RunConfig:
         values = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: invalid TOML: {e}") from None
+    topo = values.get("topology")
+    if isinstance(topo, dict) and isinstance(topo.get("path"), str) and topo["path"]:
+        beside = path.parent / topo["path"]
+        if not Path(topo["path"]).is_absolute() and beside.exists():
+            topo["path"] = str(beside)  # edge lists are found relative to the config file
     try:
         return from_dict(values)
     except ConfigError as e:
@@ -252,6 +259,8 @@ def replace(cfg: RunConfig, overrides: dict) -> RunConfig:
             if part not in table or not isinstance(table[part], dict):
                 raise ConfigError(f"unknown section {part!r} in override {dotted!r}")
             table = table[part]
+        if isinstance(table.get(key), str) and isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = str(value)  # --set name=2024 means the string "2024"
         table[key] = list(value) if isinstance(value, tuple) else value
     return from_dict(values)
 
@@ -262,7 +271,7 @@ def to_toml(cfg: RunConfig) -> str:
         if isinstance(v, bool):
             return "true" if v else "false"
         if isinstance(v, str):
-            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+            return json.dumps(v)  # a JSON string is a valid TOML basic string
         if isinstance(v, (list, tuple)):
             return "[" + ", ".join(fmt(x) for x in v) + "]"
         return repr(v)

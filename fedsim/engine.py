@@ -110,6 +110,8 @@ def evaluate_models(algorithm, state, fed: Federation) -> dict[str, float]:
         out[f"{name}_loss"] = float(loss.mean())
         if len(rows) > 1:
             out[f"{name}_acc_min"] = float(acc.min())
+    if hasattr(algorithm, "diagnostics"):
+        out.update(algorithm.diagnostics(state))
     return out
 
 
@@ -119,10 +121,10 @@ def simulate(algorithm, fed: Federation, rounds: int, *, state=None, start_round
     """Run ``rounds`` rounds of ``algorithm`` (resuming from ``state``/``start_round`` if given).
 
     Every message batch passes ``taps`` in order, then a byte counter. Test metrics are computed every
-    ``eval_every`` rounds and after the last one.
+    ``eval_every`` rounds and after the last one (``eval_every = 0``: never).
     """
-    if rounds < 0 or start_round < 0 or eval_every < 1:
-        raise ValueError(f"need rounds >= 0, start_round >= 0, eval_every >= 1; got {rounds}, {start_round}, {eval_every}")
+    if rounds < 0 or start_round < 0 or eval_every < 0:
+        raise ValueError(f"need rounds >= 0, start_round >= 0, eval_every >= 0; got {rounds}, {start_round}, {eval_every}")
     state = algorithm.init(fed) if state is None else state
     history = list(history or [])
     counter = ByteCounter()
@@ -136,7 +138,7 @@ def simulate(algorithm, fed: Federation, rounds: int, *, state=None, start_round
     for t in range(start_round, rounds):
         state, metrics = algorithm.round(state, t, fed, send)
         row = {"round": t + 1, **metrics, **counter.pop_round()}
-        if (t + 1) % eval_every == 0 or t + 1 == rounds:
+        if eval_every and ((t + 1) % eval_every == 0 or t + 1 == rounds):
             row.update(evaluate_models(algorithm, state, fed))
         history.append(row)
         if on_round is not None:

@@ -30,6 +30,7 @@ class SparseW:
     rows: torch.Tensor   # [nnz] receiver of each entry
     vals: torch.Tensor   # [nnz]
     diag_pos: torch.Tensor  # [n] position of entry (i, i) in vals
+    off: torch.Tensor       # positions of the messages: entries i != j with nonzero weight
     directed: bool
 
     @staticmethod
@@ -49,29 +50,24 @@ class SparseW:
         c = torch.as_tensor(csr.indices, dtype=torch.int64, device=device)
         r = torch.repeat_interleave(torch.arange(n, device=device), crow[1:] - crow[:-1])
         diag_pos = torch.nonzero(r == c).flatten()
-        return SparseW(n, crow, c, r, torch.as_tensor(csr.data, dtype=dtype, device=device), diag_pos, directed)
-
-    @property
-    def off_diagonal(self) -> torch.Tensor:
-        """Positions of the entries that are messages (i != j) with nonzero weight."""
-        return torch.nonzero((self.rows != self.cols) & (self.vals != 0)).flatten()
+        vals = torch.as_tensor(csr.data, dtype=dtype, device=device)
+        off = torch.nonzero((r != c) & (vals != 0)).flatten()
+        return SparseW(n, crow, c, r, vals, diag_pos, off, directed)
 
     def edges(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(sender, receiver) of every message this matrix implies."""
-        off = self.off_diagonal
-        return self.cols[off], self.rows[off]
+        return self.cols[self.off], self.rows[self.off]
 
     def with_delivered(self, delivered: torch.Tensor) -> "SparseW":
         """The matrix after dropping the messages (in ``edges()`` order) where ``delivered`` is False."""
         if bool(delivered.all()):
             return self
-        off = self.off_diagonal
-        lost = off[~delivered.to(off.device)]
+        lost = self.off[~delivered.to(self.off.device)]
         vals = self.vals.clone()
         owner = self.cols[lost] if self.directed else self.rows[lost]
         vals.index_add_(0, self.diag_pos[owner], vals[lost])
         vals[lost] = 0
-        return SparseW(self.n, self.crow, self.cols, self.rows, vals, self.diag_pos, self.directed)
+        return SparseW(self.n, self.crow, self.cols, self.rows, vals, self.diag_pos, self.off, self.directed)
 
     def to_csr(self) -> torch.Tensor:
         with warnings.catch_warnings():  # "sparse CSR support is in beta"

@@ -69,6 +69,80 @@ class Gossip:
 
     def round(self, state: GossipState, t: int, fed, send: Callable[[Messages], Messages]):
         n = fed.data.n_clients
+        everyone = self.active_fraction >= 1
+        if everyone:
+            active = torch.arange(n, device=fed.device)
+        else:
+            k = max(1, round(self.active_fraction * n))
+            g = fed.streams.generator("active", round=t)
+            active = torch.randperm(n, generator=g)[:k].sort().values.to(fed.device)
+        push_sum = fed.schedule.directed
+        z = state.models if push_sum else state.x
+        z_active = z if everyone else z[active]
+        train = self.trainer.train if self.vectorized else self.trainer.train_loop
+        z_new, losses = train(z_active, active, t, fed.data, fed.streams)
+        if push_sum:  # x = w z, so a change of z_i moves x_i by w_i times as much
+            x = state.x.clone()
+            x[active] += (z_new - z_active) * state.w[active, None]
+        elif everyone:
+            x = z_new
+        else:
+            x = state.x.clone()
+            x[active] = z_new
+
+        W = self._mixing(fed, t)
+        senders, receivers = W.edges()
+        msgs = send(Messages.make(t, "gossip", torch.arange(n), x, senders, receivers))
+        W = W.with_delivered(msgs.delivered)
+        mix = W.matmul if self.vectorized else W.matmul_loop
+        w = mix(state.w[:, None])[:, 0] if push_sum else state.w
+        return GossipState(mix(x), w), {"train_loss": float(losses.mean()), "participants": len(active)}
+
+    def diagnostics(self, state: GossipState) -> dict[str, float]:
+        """Extra metrics computed on evaluation rounds."""
+        return {"consensus": consensus_distance(state.models)}
+
+    def models(self) -> torch.Tensor:
+        return self.x / self.w[:, None]
+
+
+def consensus_distance(z: torch.Tensor) -> float:
+    """Mean squared distance of the node models to their average."""
+    return float(((z - z.mean(0)) ** 2).sum(1).mean())
+
+
+@dataclass(frozen=True)
+class Gossip:
+    """D-PSGD / push-sum over the federation's topology schedule.
+
+    ``active_fraction`` of the nodes (sampled per round) train; all nodes mix. ``same_init`` starts
+    every node from one model; otherwise each node draws its own initialisation.
+    """
+
+    trainer: LocalSGD
+    active_fraction: float = 1.0
+    same_init: bool = True
+    vectorized: bool = True
+    eval_nodes: int = 10
+    _cache: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def init(self, fed) -> GossipState:
+        n = fed.data.n_clients
+        x = init_population(self.trainer.model, torch.arange(n), fed.streams, shared=self.same_init,
+                            dtype=fed.dtype, device=fed.device)
+        return GossipState(x, torch.ones(n, dtype=fed.dtype, device=fed.device))
+
+    def _mixing(self, fed, t: int) -> SparseW:
+        W = fed.schedule.at(t)
+        hit = self._cache.get("W")
+        if hit is not None and hit[0] is W:
+            return hit[1]
+        sw = SparseW.from_scipy(W, directed=fed.schedule.directed, device=fed.device, dtype=fed.dtype)
+        self._cache["W"] = (W, sw)
+        return sw
+
+    def round(self, state: GossipState, t: int, fed, send: Callable[[Messages], Messages]):
+        n = fed.data.n_clients
         if self.active_fraction >= 1:
             active = torch.arange(n, device=fed.device)
         else:

@@ -34,6 +34,19 @@ def mlp():
     return build_model("mlp", (1, 8, 8), 10, (32,))
 
 
-def trainer(model, **kw):
+def _trainer(model, **kw):
     kw = {"lr": 0.1, "steps": 2, "batch_size": 16, **kw}
     return LocalSGD(model, **kw)
+
+
+@pytest.fixture
+def trainer():
+    """``trainer(model, **overrides)``: LocalSGD with small test defaults."""
+    return _trainer
+
+
+@pytest.fixture
+def make_fed(digits_split):
+    """``make_fed(n_clients, seed=0, schedule=None, ...)``: a digits federation."""
+    train, test = digits_split
+    return lambda *a, **kw: make_federation(train, test, *a, **kw)

@@ -1,0 +1,147 @@
+"""Gossip round throughput: batched engine vs the per-client loop, mixing vs a copy, memory.
+
+Workload (issue 2): D-PSGD with the digits MLP 64-32-10 on a random 8-regular graph with
+Metropolis-Hastings weights, batch 32, one local SGD step per round, N nodes.
+
+    python benchmarks/bench_gossip.py                      # N = 100, 1000, 10000; threads 1 and 2
+    python benchmarks/bench_gossip.py --device cuda --sizes 100000 1000000 --threads 0
+
+Each (N, threads) point runs in a fresh subprocess so its peak memory is its own. Reported:
+node-updates/s (N x rounds / s) of the batched engine and of the per-client reference loop
+(nn.Module + torch.optim.SGD per node, Python-loop mixing) measured in the same run, their ratio,
+the mixing step's time next to one copy of the population tensor, and the peak resident memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+
+def _best(fn, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def measure(n: int, threads: int, device: str, rounds: int, loop_rounds: int, loop_max_n: int) -> dict:
+    """One benchmark point, in this process."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    import topologies
+    from fedsim import data as fdata
+    from fedsim.algorithms import Gossip
+    from fedsim.engine import Federation, simulate
+    from fedsim.mixing import SparseW
+    from fedsim.models import build_model
+    from fedsim.rng import Streams
+    from fedsim.training import ClientData, LocalSGD
+
+    dev = torch.device(device)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    train, test = fdata.train_test_split(fdata.load_digits(), 0.2, seed=0)
+    parts = fdata.sampled(len(train), n, per_client=64, seed=0)
+    data = ClientData.from_parts(train.x, train.y, parts, device=dev)
+    graph = topologies.random_regular(n, 8, seed=0)
+    schedule = topologies.Static(topologies.metropolis_hastings(graph))
+    fed = Federation(data, torch.as_tensor(test.x, device=dev), torch.as_tensor(test.y, device=dev), Streams(0),
+                     schedule, dev)
+    model = build_model("mlp", (1, 8, 8), 10, (32,)).to(dev)
+    chunk = 1024 if dev.type == "cpu" else 1 << 30
+    trainer = LocalSGD(model, lr=0.1, steps=1, batch_size=32, chunk=chunk)
+    alg = Gossip(trainer)
+    state = alg.init(fed)
+
+    simulate(alg, fed, 2, state=state, eval_every=0)  # warm-up
+    sync()
+    start = time.perf_counter()
+    simulate(alg, fed, rounds, state=state, eval_every=0)
+    sync()
+    batched = (time.perf_counter() - start) / rounds
+
+    W = SparseW.from_scipy(schedule.at(0), device=dev)
+    x = state.x
+    mix = _best(lambda: (W.matmul(x), sync()), 5)
+    copy = _best(lambda: (x.clone(), sync()), 5)
+
+    loop = float("nan")
+    if n <= loop_max_n:
+        slow = Gossip(trainer, vectorized=False)
+        start = time.perf_counter()
+        simulate(slow, fed, loop_rounds, state=state, eval_every=0)
+        loop = (time.perf_counter() - start) / loop_rounds
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB on Linux
+    gpu_peak = torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda" else float("nan")
+    return {"n": n, "threads": torch.get_num_threads(), "device": device, "round_s": batched,
+            "updates_per_s": n / batched, "loop_round_s": loop, "loop_updates_per_s": n / loop,
+            "speedup": loop / batched, "mix_s": mix, "copy_s": copy, "mix_over_copy": mix / copy,
+            "population_mb": x.numel() * x.element_size() / 2**20, "peak_rss_mb": peak, "gpu_peak_mb": gpu_peak}
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    import torch
+
+    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}{gpu}"
+
+
+def table(rows: list[dict]) -> str:
+    head = ("N", "threads", "batched upd/s", "loop upd/s", "speed-up", "round ms", "mix ms", "copy ms",
+            "mix/copy", "peak RSS MB")
+    lines = [" | ".join(head), " | ".join("---" for _ in head)]
+    for r in rows:
+        lines.append(" | ".join([
+            f"{r['n']:,}", str(r["threads"]), f"{r['updates_per_s']:,.0f}",
+            "-" if r["loop_round_s"] != r["loop_round_s"] else f"{r['loop_updates_per_s']:,.0f}",
+            "-" if r["speedup"] != r["speedup"] else f"{r['speedup']:.1f}x",
+            f"{1e3 * r['round_s']:.1f}", f"{1e3 * r['mix_s']:.1f}", f"{1e3 * r['copy_s']:.1f}",
+            f"{r['mix_over_copy']:.2f}", f"{r['peak_rss_mb']:,.0f}"]))
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100, 1000, 10000])
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="0 = torch default")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--loop-rounds", type=int, default=1)
+    parser.add_argument("--loop-max-n", type=int, default=1000, help="skip the per-client loop above this N")
+    parser.add_argument("--single", type=str, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.single:
+        n, threads = map(int, args.single.split(","))
+        print(json.dumps(measure(n, threads, args.device, args.rounds, args.loop_rounds, args.loop_max_n)))
+        return
+    rows = []
+    for threads in args.threads:
+        for n in args.sizes:
+            cmd = [sys.executable, __file__, "--single", f"{n},{threads}", "--device", args.device,
+                   "--rounds", str(args.rounds), "--loop-rounds", str(args.loop_rounds),
+                   "--loop-max-n", str(args.loop_max_n)]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+            rows.append(json.loads(out.strip().splitlines()[-1]))
+            print(f"  N={n:>9,} threads={threads}: {rows[-1]['updates_per_s']:>12,.0f} node-updates/s", flush=True)
+    print(f"\nmachine: {machine()}\n")
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()

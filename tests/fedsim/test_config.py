@@ -1,0 +1,411 @@
+"""Tests for fedsim.config: loading, validation messages, overrides and TOML round trips."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from fedsim.config import (
+    AlgorithmConfig,
+    ConfigError,
+    DataConfig,
+    ModelConfig,
+    RunConfig,
+    TapsConfig,
+    TopologyConfig,
+    from_dict,
+    load,
+    replace,
+    to_toml,
+)
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "experiments" / "configs"
+CONFIG_FILES = sorted(CONFIG_DIR.glob("*.toml"))
+
+
+def nested(dotted: str, value) -> dict:
+    """{"a.b": v} -> {"a": {"b": v}}."""
+    *path, key = dotted.split(".")
+    out = {key: value}
+    for part in reversed(path):
+        out = {part: out}
+    return out
+
+
+def error_of(values: dict) -> str:
+    with pytest.raises(ConfigError) as info:
+        from_dict(values)
+    return str(info.value)
+
+
+def roundtrip(cfg: RunConfig) -> RunConfig:
+    return from_dict(tomllib.loads(to_toml(cfg)))
+
+
+# --------------------------------------------------------------------------- bundled configs
+
+
+def test_bundled_configs_are_found():
+    names = {p.name for p in CONFIG_FILES}
+    assert {"quickstart_fedavg.toml", "quickstart_gossip.toml", "quickstart_gossip_dirichlet.toml",
+            "mnist_lenet_fedavg.toml"} <= names
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: p.name)
+def test_bundled_config_loads_validates_and_roundtrips(path):
+    cfg = load(path)
+    assert isinstance(cfg, RunConfig)
+    assert cfg.validate() is cfg
+    raw = tomllib.loads(path.read_text())
+    # every value written in the file ends up in the config
+    assert cfg.name == raw["name"]
+    assert cfg.rounds == raw["rounds"] and cfg.clients == raw["clients"]
+    for section in ("data", "model", "algorithm", "topology"):
+        for key, value in raw.get(section, {}).items():
+            got = getattr(getattr(cfg, section), key)
+            assert got == (tuple(value) if isinstance(value, list) else value), f"{section}.{key}"
+    assert roundtrip(cfg) == cfg
+    assert load(str(path)) == cfg  # str paths work too
+
+
+def test_mnist_config_values():
+    cfg = load(CONFIG_DIR / "mnist_lenet_fedavg.toml")
+    assert (cfg.data.dataset, cfg.data.partition, cfg.model.name) == ("mnist", "dirichlet", "lenet")
+    assert cfg.algorithm.clients_per_round == 10 and cfg.clients == 20
+    assert cfg.algorithm.momentum == 0.9
+    # keys the file leaves out keep their defaults
+    assert cfg.taps == TapsConfig() and cfg.data.test_fraction == DataConfig().test_fraction
+
+
+# --------------------------------------------------------------------------- round trips
+
+
+def test_defaults_validate_and_roundtrip():
+    cfg = RunConfig()
+    assert cfg.validate() is cfg
+    assert from_dict({}) == cfg
+    assert roundtrip(cfg) == cfg
+
+
+def test_roundtrip_of_non_default_values():
+    cfg = RunConfig(
+        name='odd "name" with \\ backslash and tab\t', seed=7, rounds=3, clients=6, device="cuda:1",
+        threads=2, eval_every=5, checkpoint_every=0, vectorized=False,
+        data=DataConfig(dataset="mnist", dir="C:\\data\\x", test_fraction=0.25, partition="sampled",
+                        alpha=1e-3, per_client=5),
+        model=ModelConfig(name="mlp", hidden=(64, 32, 16)),
+        algorithm=AlgorithmConfig(name="gossip", lr=0.30000000000000004, momentum=0.5, weight_decay=1e-4,
+                                  local_steps=0, batch_size=8, active_fraction=0.5, same_init=False,
+                                  weighted=False),
+        topology=TopologyConfig(name="watts_strogatz", k=2, p=0.25, m=3, path="edges.txt", mixing="uniform",
+                                schedule="failures", q=0.75),
+        taps=TapsConfig(link_drop=1.0),
+    ).validate()
+    back = roundtrip(cfg)
+    assert back == cfg
+    assert isinstance(back.model.hidden, tuple)
+
+
+def test_roundtrip_of_empty_hidden_tuple():
+    cfg = replace(RunConfig(), {"model.hidden": []})
+    assert cfg.model.hidden == ()
+    assert roundtrip(cfg) == cfg
+
+
+def test_to_toml_layout():
+    text = to_toml(RunConfig())
+    lines = text.splitlines()
+    first_table = lines.index("[data]")
+    assert all("=" in line for line in lines[:first_table] if line)  # flat keys before any table
+    assert [line for line in lines if line.startswith("[")] == [
+        "[data]", "[model]", "[algorithm]", "[topology]", "[taps]"]
+    assert "vectorized = true" in lines and 'name = "run"' in lines and "hidden = [32]" in lines
+
+
+@pytest.mark.parametrize("text", ["two\nlines", "cr\rhere", "ctl\x01char"])
+def test_roundtrip_of_strings_with_control_characters(text):
+    cfg = replace(RunConfig(), {"name": text})
+    assert roundtrip(cfg) == cfg
+
+
+# --------------------------------------------------------------------------- unknown keys
+
+
+@pytest.mark.parametrize("values, fragments", [
+    ({"algorithm": {"lrr": 0.1}}, ["'lrr'", "[algorithm]", "did you mean 'lr'"]),
+    ({"data": {"partiton": "iid"}}, ["'partiton'", "[data]", "did you mean 'partition'"]),
+    ({"topology": {"mixng": "uniform"}}, ["'mixng'", "[topology]", "did you mean 'mixing'"]),
+    ({"taps": {"link_dorp": 0.1}}, ["'link_dorp'", "[taps]", "did you mean 'link_drop'"]),
+    ({"model": {"hiden": [8]}}, ["'hiden'", "[model]", "did you mean 'hidden'"]),
+    ({"round": 3}, ["'round'", "did you mean 'rounds'"]),
+    ({"algorthm": {"lr": 0.1}}, ["'algorthm'", "did you mean 'algorithm'"]),
+])
+def test_unknown_key_names_key_section_and_suggestion(values, fragments):
+    msg = error_of(values)
+    for fragment in fragments:
+        assert fragment in msg
+    assert "unknown key" in msg
+
+
+def test_unknown_top_level_key_names_no_section():
+    msg = error_of({"round": 3})
+    assert "in [" not in msg
+    assert "known keys:" in msg and "rounds" in msg
+
+
+def test_unknown_key_without_close_match_lists_known_keys():
+    msg = error_of({"algorithm": {"zzzzqqq": 1}})
+    assert "'zzzzqqq'" in msg and "[algorithm]" in msg
+    assert "did you mean" not in msg
+    for key in ("lr", "momentum", "clients_per_round"):
+        assert key in msg
+
+
+# --------------------------------------------------------------------------- wrong types
+
+
+@pytest.mark.parametrize("dotted, value, fragment", [
+    ("rounds", "3", "rounds must be an integer"),                          # string for an int
+    ("seed", 2.0, "seed must be an integer"),                              # float for an int
+    ("algorithm.local_steps", 1.5, "algorithm.local_steps must be an integer"),
+    ("clients", True, "clients must be an integer"),                       # bool is not an int
+    ("vectorized", 1, "vectorized must be true or false"),                 # int for a bool
+    ("algorithm.same_init", 0, "algorithm.same_init must be true or false"),
+    ("algorithm.weighted", "yes", "algorithm.weighted must be true or false"),
+    ("model.hidden", [32, "64"], "model.hidden[1] must be an integer"),    # list element wrong type
+    ("model.hidden", [32, 16, 1.5], "model.hidden[2] must be an integer"),
+    ("model.hidden", 32, "model.hidden must be a list"),
+    ("algorithm.lr", "fast", "algorithm.lr must be a number"),
+    ("algorithm.lr", True, "algorithm.lr must be a number"),
+    ("data.dataset", 3, "data.dataset must be a string"),
+    ("name", ["a"], "name must be a string"),
+])
+def test_wrong_type_names_dotted_key(dotted, value, fragment):
+    msg = error_of(nested(dotted, value))
+    assert fragment in msg
+    bad = value[-1] if isinstance(value, list) and "[" in fragment else value  # the offending element
+    assert f"got {bad!r}" in msg
+
+
+def test_section_that_is_not_a_table():
+    msg = error_of({"data": 3})
+    assert "[data]" in msg and "table" in msg
+
+
+def test_int_is_accepted_for_float():
+    cfg = from_dict({"algorithm": {"lr": 1}, "taps": {"link_drop": 0}})
+    assert cfg.algorithm.lr == 1.0 and isinstance(cfg.algorithm.lr, float)
+    assert isinstance(cfg.taps.link_drop, float)
+
+
+def test_nan_from_toml_is_rejected():
+    msg = error_of(tomllib.loads("[algorithm]\nlr = nan\n"))
+    assert "algorithm.lr" in msg and "NaN" in msg
+
+
+# --------------------------------------------------------------------------- out-of-range values
+
+
+@pytest.mark.parametrize("dotted, value, fragments", [
+    ("algorithm.lr", -0.1, ["got -0.1", "> 0"]),
+    ("algorithm.lr", 0, ["> 0", "got 0.0"]),
+    ("data.test_fraction", 1.5, ["got 1.5", "(0, 1)"]),
+    ("data.test_fraction", 0, ["got 0.0"]),
+    ("data.test_fraction", 1, ["got 1.0"]),
+    ("algorithm.momentum", 1, ["got 1.0", "[0, 1)"]),
+    ("algorithm.momentum", -0.5, ["got -0.5"]),
+    ("data.dataset", "cifar10", ["'cifar10'", "'digits'", "'mnist'"]),
+    ("data.partition", "random", ["'random'", "'dirichlet'"]),
+    ("topology.mixing", "laplacian", ["'laplacian'", "'metropolis'"]),
+    ("topology.schedule", "weekly", ["'weekly'", "'matching'"]),
+    ("taps.link_drop", 2, ["got 2.0", "[0, 1]"]),
+    ("taps.link_drop", -0.5, ["got -0.5"]),
+    ("topology.q", 1.5, ["got 1.5"]),
+    ("model.name", "resnet", ["'resnet'", "'lenet'"]),
+    ("model.hidden", [32, 0], ["got 0"]),
+    ("algorithm.name", "sgd", ["'sgd'", "'gossip'"]),
+    ("algorithm.weight_decay", -1e-4, ["got -0.0001"]),
+    ("algorithm.local_steps", -1, ["got -1"]),
+    ("algorithm.batch_size", 0, ["got 0"]),
+    ("algorithm.clients_per_round", -2, ["got -2"]),
+    ("algorithm.active_fraction", 0, ["got 0.0"]),
+    ("algorithm.active_fraction", 1.5, ["got 1.5"]),
+    ("data.alpha", 0, ["got 0.0"]),
+    ("data.per_client", 0, ["got 0"]),
+    ("rounds", 0, ["got 0"]),
+    ("clients", 0, ["got 0"]),
+    ("eval_every", 0, ["got 0"]),
+    ("checkpoint_every", -1, ["got -1"]),
+    ("threads", -1, ["got -1"]),
+    ("device", "tpu", ["'tpu'"]),
+])
+def test_out_of_range_names_key_and_value(dotted, value, fragments):
+    msg = error_of(nested(dotted, value))
+    assert dotted in msg
+    for fragment in fragments:
+        assert fragment in msg
+
+
+@pytest.mark.parametrize("overrides", [
+    {"algorithm.local_steps": 0},
+    {"algorithm.momentum": 0.0},
+    {"algorithm.momentum": 0.99},
+    {"taps.link_drop": 0.0},
+    {"taps.link_drop": 1.0},
+    {"topology.q": 0.0},
+    {"topology.q": 1.0},
+    {"algorithm.active_fraction": 1.0},
+    {"algorithm.clients_per_round": 10},   # == clients is fine
+    {"checkpoint_every": 0},
+    {"threads": 0},
+    {"device": "cuda"},
+    {"device": "cuda:3"},
+    {"algorithm.name": "gossip", "topology.name": "ring"},
+])
+def test_boundary_values_are_accepted(overrides):
+    cfg = replace(RunConfig(clients=10), overrides)
+    for dotted, value in overrides.items():
+        obj = cfg
+        for part in dotted.split("."):
+            obj = getattr(obj, part)
+        assert obj == value
+
+
+def test_fedavg_on_a_ring_points_to_gossip():
+    msg = error_of({"algorithm": {"name": "fedavg"}, "topology": {"name": "ring"}})
+    assert "'ring'" in msg and "gossip" in msg and "star" in msg
+
+
+def test_clients_per_round_above_clients():
+    msg = error_of({"clients": 4, "algorithm": {"clients_per_round": 5}})
+    assert "algorithm.clients_per_round = 5" in msg and "clients = 4" in msg
+
+
+def test_gossip_needs_two_clients():
+    msg = error_of({"clients": 1, "algorithm": {"name": "gossip"}})
+    assert "at least 2" in msg
+
+
+def test_config_error_is_a_value_error():
+    assert issubclass(ConfigError, ValueError)
+
+
+# --------------------------------------------------------------------------- load
+
+
+def test_load_invalid_toml_names_file(tmp_path):
+    path = tmp_path / "broken.toml"
+    path.write_text('name = "x"\nrounds = = 3\n')
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    assert str(path) in str(info.value) and "invalid TOML" in str(info.value)
+
+
+def test_load_missing_file(tmp_path):
+    path = tmp_path / "nope.toml"
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    assert "nope.toml" in str(info.value) and "does not exist" in str(info.value)
+
+
+def test_load_directory_is_not_a_file(tmp_path):
+    with pytest.raises(ConfigError):
+        load(tmp_path)
+
+
+def test_load_prefixes_validation_errors_with_the_file(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text("rounds = 2\n[algorithm]\nlrr = 0.1\n")
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    msg = str(info.value)
+    assert msg.startswith(f"{path}: ") and "'lrr'" in msg and "'lr'" in msg
+
+
+def test_load_reads_values(tmp_path):
+    path = tmp_path / "ok.toml"
+    path.write_text('name = "tiny"\nrounds = 2\nclients = 4\n[algorithm]\nname = "gossip"\nlr = 0.05\n'
+                    '[topology]\nname = "regular"\nk = 2\n[model]\nhidden = [16, 8]\n')
+    cfg = load(path)
+    assert (cfg.name, cfg.rounds, cfg.clients) == ("tiny", 2, 4)
+    assert cfg.algorithm == AlgorithmConfig(name="gossip", lr=0.05)
+    assert cfg.topology == TopologyConfig(name="regular", k=2)
+    assert cfg.model.hidden == (16, 8)
+
+
+# --------------------------------------------------------------------------- replace
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def test_replace_changes_exactly_the_overrides():
+    cfg = load(CONFIG_DIR / "quickstart_fedavg.toml")
+    new = replace(cfg, {"algorithm.lr": 0.05, "rounds": 3})
+    before, after = _flatten(cfg.to_dict()), _flatten(new.to_dict())
+    assert before.keys() == after.keys()
+    changed = {k for k in before if before[k] != after[k]}
+    assert changed == {"algorithm.lr", "rounds"}
+    assert new.algorithm.lr == 0.05 and new.rounds == 3
+    assert cfg.algorithm.lr == 0.1 and cfg.rounds == 80  # the original is untouched
+
+
+def test_replace_with_no_overrides_is_equal():
+    cfg = load(CONFIG_DIR / "quickstart_gossip.toml")
+    assert replace(cfg, {}) == cfg
+
+
+def test_replace_accepts_tuples_for_lists():
+    assert replace(RunConfig(), {"model.hidden": (64, 32)}).model.hidden == (64, 32)
+
+
+def test_replace_unknown_section_errors():
+    with pytest.raises(ConfigError) as info:
+        replace(RunConfig(), {"optimizer.lr": 0.1})
+    assert "'optimizer'" in str(info.value)
+
+
+def test_replace_through_a_scalar_errors():
+    with pytest.raises(ConfigError) as info:
+        replace(RunConfig(), {"rounds.x": 1})
+    assert "'rounds'" in str(info.value)
+
+
+def test_replace_unknown_key_in_section_errors():
+    with pytest.raises(ConfigError) as info:
+        replace(RunConfig(), {"algorithm.lrr": 0.1})
+    assert "'lrr'" in str(info.value) and "did you mean 'lr'" in str(info.value)
+
+
+def test_replace_validates_the_result():
+    with pytest.raises(ConfigError, match="rounds"):
+        replace(RunConfig(), {"rounds": 0})
+    with pytest.raises(ConfigError, match="gossip"):
+        replace(RunConfig(), {"topology.name": "torus"})
+
+
+def test_configs_are_frozen():
+    cfg = RunConfig()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.rounds = 3  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.algorithm.lr = 1.0  # type: ignore[misc]
+
+
+def test_infinite_numbers_are_rejected():
+    with pytest.raises(ConfigError, match="algorithm.lr must be finite"):
+        from_dict({"algorithm": {"lr": float("inf")}})
+
+
+def test_string_override_given_as_number_stays_a_string():
+    assert replace(RunConfig(), {"name": 2024}).name == "2024"

@@ -1,0 +1,352 @@
+"""Tests for the ``fedsim`` command line (in-process via ``fedsim.cli.main``, plus one real subprocess)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from fedsim.cli import format_table, main
+from fedsim.config import load
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG_DIR = REPO / "experiments" / "configs"
+SHARED_DATA = REPO.parent / "shared" / "data"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+TINY = """\
+name = "tiny-cli-run"
+seed = 0
+rounds = 2
+clients = 4
+eval_every = 100
+
+[data]
+dataset = "digits"
+
+[model]
+hidden = [16]
+
+[algorithm]
+name = "fedavg"
+lr = 0.1
+local_steps = 1
+batch_size = 32
+"""
+
+
+def cli(capsys, *argv) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def history_of(folder: Path) -> list[dict]:
+    return json.loads((folder / "history.json").read_text())["history"]
+
+
+@pytest.fixture
+def tiny_config(tmp_path, monkeypatch) -> Path:
+    monkeypatch.chdir(tmp_path)  # nothing may land in the repo's results/
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY)
+    return path
+
+
+def disconnected_edge_list(folder: Path) -> Path:
+    """7 nodes in 3 components: a triangle and two separate edges."""
+    path = folder / "edges.txt"
+    path.write_text("# three components\n0 1\n1 2\n2 0\n3 4\n5 6\n")
+    return path
+
+
+# --------------------------------------------------------------------------- topology
+
+
+def _printed_gap(out: str) -> float:
+    match = re.search(r"spectral gap\s+([0-9.eE+-]+)", out)
+    assert match, out
+    return float(match.group(1))
+
+
+def test_topology_ring_prints_size_and_closed_form_gap(capsys):
+    code, out, err = cli(capsys, "topology", "ring", "-n", 12)
+    assert code == 0 and err == ""
+    assert re.search(r"nodes\s+12\b", out)
+    assert re.search(r"edges\s+12\b", out)
+    assert re.search(r"degree\s+min 2, max 2, mean 2\.00", out)
+    # Metropolis-Hastings on a ring: W = 1/3 (I + P + P^T), eigenvalues 1/3 + 2/3 cos(2 pi j / n)
+    expected = 1 - (1 / 3 + 2 / 3 * math.cos(2 * math.pi / 12))
+    assert _printed_gap(out) == pytest.approx(expected, abs=1e-5)
+    assert "metropolis" in out
+
+
+def test_topology_complete_graph_has_gap_one(capsys):
+    code, out, _ = cli(capsys, "topology", "complete", "-n", 6)
+    assert code == 0
+    assert re.search(r"edges\s+15\b", out)  # 6 * 5 / 2
+    assert _printed_gap(out) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_topology_directed_ring_uses_push_sum(capsys):
+    code, out, _ = cli(capsys, "topology", "directed_ring", "-n", 5)
+    assert code == 0
+    assert "(directed)" in out and "push-sum" in out
+    assert re.search(r"edges\s+5 \(directed\)", out)
+
+
+def test_topology_draw_writes_png(capsys, tmp_path):
+    png = tmp_path / "ring.png"
+    code, out, _ = cli(capsys, "topology", "ring", "-n", 8, "--draw", png)
+    assert code == 0
+    assert png.read_bytes()[:8] == PNG_MAGIC
+    assert str(png) in out
+
+
+def test_topology_unknown_name_lists_known(capsys):
+    code, out, err = cli(capsys, "topology", "hypercube", "-n", 8)
+    assert code == 2 and out == ""
+    assert err.startswith("fedsim: error:")
+    assert "'hypercube'" in err
+    for known in ("ring", "torus", "regular", "erdos_renyi", "edge_list"):
+        assert known in err
+
+
+def test_topology_regular_with_odd_n_times_k(capsys):
+    code, out, err = cli(capsys, "topology", "regular", "-n", 5, "-k", 3)
+    assert code == 2 and out == ""
+    assert err.startswith("fedsim: error:") and "even" in err
+
+
+def test_topology_missing_parameter(capsys):
+    code, _, err = cli(capsys, "topology", "regular", "-n", 6)
+    assert code == 2
+    assert "needs parameter(s) k" in err
+
+
+def test_topology_disconnected_edge_list_counts_components(capsys, tmp_path):
+    path = disconnected_edge_list(tmp_path)
+    code, out, err = cli(capsys, "topology", "edge_list", "--path", path)
+    assert code == 2 and out == ""
+    assert "3 connected components" in err
+    assert "sizes 3, 2, 2" in err
+    assert str(path) in err
+
+
+def test_topology_connected_edge_list(capsys, tmp_path):
+    path = tmp_path / "square.txt"
+    path.write_text("a b\nb c\nc d\nd a\n")
+    code, out, _ = cli(capsys, "topology", "edge_list", "--path", path)
+    assert code == 0
+    assert re.search(r"nodes\s+4\b", out) and re.search(r"edges\s+4\b", out)
+    # a 4-cycle with Metropolis weights 1/3 (I + P + P^T): eigenvalues 1, 1/3, -1/3, 1/3, so the gap is 2/3
+    assert _printed_gap(out) == pytest.approx(2 / 3, abs=1e-5)
+
+
+# --------------------------------------------------------------------------- run
+
+
+def test_run_writes_all_outputs_and_resume_is_a_no_op(capsys, tiny_config, tmp_path):
+    out_dir = tmp_path / "out"
+    code, out, err = cli(capsys, "run", tiny_config, "--out", out_dir, "--no-progress")
+    assert code == 0, err
+    assert "tiny-cli-run" in out
+
+    for name in ("config.toml", "history.json", "history.csv", "summary.txt", "accuracy.png", "checkpoint.pt"):
+        assert (out_dir / name).is_file(), name
+
+    history = history_of(out_dir)
+    assert [row["round"] for row in history] == [1, 2]
+    assert "global_acc" not in history[0]  # eval_every = 100: only the last round is evaluated
+    acc = history[-1]["global_acc"]
+    assert 0 <= acc <= 1
+
+    # the table is printed and saved, and shows the final accuracy of the run
+    table = (out_dir / "summary.txt").read_text()
+    assert table.strip() in out
+    header, _, row = table.splitlines()[:3]
+    assert header.split()[:6] == ["run", "algorithm", "topology", "clients", "rounds", "test_acc"]
+    assert row.split()[:6] == ["tiny-cli-run", "fedavg", "star", "4", "2", f"{acc:.4f}"]
+
+    with open(out_dir / "history.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["round"]) for r in rows] == [1, 2]
+    assert float(rows[-1]["global_acc"]) == pytest.approx(acc)
+
+    assert load(out_dir / "config.toml") == load(tiny_config)
+    assert (out_dir / "accuracy.png").read_bytes()[:8] == PNG_MAGIC
+
+    import torch
+
+    ckpt = torch.load(out_dir / "checkpoint.pt", weights_only=True)
+    assert ckpt["round"] == 2 and len(ckpt["history"]) == 2
+
+    before = (out_dir / "history.json").read_text()
+    code, out, err = cli(capsys, "run", tiny_config, "--out", out_dir, "--no-progress", "--resume")
+    assert code == 0, err
+    assert (out_dir / "history.json").read_text() == before
+
+    # resuming with a different config is refused rather than mixing two runs
+    code, _, err = cli(capsys, "run", tiny_config, "--out", out_dir, "--no-progress", "--resume",
+                       "--set", "algorithm.lr=0.05")
+    assert code == 2 and "different config" in err
+    assert (out_dir / "history.json").read_text() == before
+
+
+def test_run_set_overrides_rounds(capsys, tiny_config, tmp_path):
+    out_dir = tmp_path / "three"
+    code, out, err = cli(capsys, "run", tiny_config, "--out", out_dir, "--no-progress", "--set", "rounds=3",
+                         "--set", "name=three-rounds")
+    assert code == 0, err
+    assert [row["round"] for row in history_of(out_dir)] == [1, 2, 3]
+    saved = tomllib.loads((out_dir / "config.toml").read_text())
+    assert saved["rounds"] == 3 and saved["name"] == "three-rounds"
+    assert "three-rounds" in out
+
+
+def test_run_gossip_ring(capsys, tiny_config, tmp_path):
+    out_dir = tmp_path / "gossip"
+    code, out, err = cli(capsys, "run", tiny_config, "--out", out_dir, "--no-progress",
+                         "--set", "algorithm.name=gossip", "--set", "topology.name=ring")
+    assert code == 0, err
+    last = history_of(out_dir)[-1]
+    assert 0 <= last["nodes_acc_min"] <= last["nodes_acc"] <= 1
+    row = (out_dir / "summary.txt").read_text().splitlines()[2].split()
+    assert row[1:3] == ["gossip", "ring"]
+    assert row[6] == f"{last['nodes_acc_min']:.4f}"  # worst_node_acc
+
+
+def test_run_unknown_key_exits_2(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "bad.toml"
+    path.write_text(TINY.replace("lr = 0.1", "lrr = 0.1"))
+    code, out, err = cli(capsys, "run", path, "--out", tmp_path / "out", "--no-progress")
+    assert code == 2 and out == ""
+    assert err.startswith("fedsim: error:")
+    assert "'lrr'" in err and "'lr'" in err and "bad.toml" in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("algorithm.lr=fast", "algorithm.lr must be a number"),
+    ("rounds", "KEY=VALUE"),
+    ("optimizer.lr=0.1", "'optimizer'"),
+    ("topology.name=ring", "gossip"),
+])
+def test_run_bad_override_exits_2(capsys, tiny_config, tmp_path, override, fragment):
+    code, _, err = cli(capsys, "run", tiny_config, "--out", tmp_path / "out", "--no-progress", "--set", override)
+    assert code == 2
+    assert fragment in err
+
+
+def test_run_missing_config_exits_2(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = cli(capsys, "run", tmp_path / "missing.toml", "--no-progress")
+    assert code == 2 and "does not exist" in err
+
+
+def test_run_gossip_on_disconnected_edge_list_exits_2(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    edges = disconnected_edge_list(tmp_path)
+    path = tmp_path / "disc.toml"
+    path.write_text(TINY.replace('name = "fedavg"', 'name = "gossip"').replace("clients = 4", "clients = 7")
+                    + f'\n[topology]\nname = "edge_list"\npath = "{edges}"\n')
+    code, out, err = cli(capsys, "run", path, "--out", tmp_path / "out", "--no-progress")
+    assert code == 2
+    assert "component" in err and "3 connected components" in err
+
+
+def test_run_unknown_topology_in_config_exits_2(capsys, tiny_config, tmp_path):
+    code, _, err = cli(capsys, "run", tiny_config, "--out", tmp_path / "out", "--no-progress",
+                       "--set", "algorithm.name=gossip", "--set", "topology.name=hypercube")
+    assert code == 2
+    assert "'hypercube'" in err and "ring" in err
+
+
+def test_run_mnist_config(capsys, tmp_path, monkeypatch):
+    if not (SHARED_DATA / "mnist").is_dir():
+        pytest.skip(f"shared MNIST data not found at {SHARED_DATA / 'mnist'}")
+    monkeypatch.setenv("FEDSIM_DATA_DIR", str(SHARED_DATA))
+    monkeypatch.chdir(tmp_path)
+    out_dir = tmp_path / "mnist"
+    code, out, err = cli(capsys, "run", CONFIG_DIR / "mnist_lenet_fedavg.toml", "--out", out_dir, "--no-progress",
+                         "--set", "rounds=1", "--set", "clients=4", "--set", "algorithm.clients_per_round=2",
+                         "--set", "algorithm.local_steps=1")
+    assert code == 0, err
+    assert "mnist-lenet-fedavg" in out
+    (row,) = history_of(out_dir)
+    assert row["participants"] == 2
+    assert 0 <= row["global_acc"] <= 1
+
+
+# --------------------------------------------------------------------------- quickstart
+
+
+def test_quickstart_runs_three_configs(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out_dir = tmp_path / "qs"
+    code, out, err = cli(capsys, "quickstart", "--rounds", 2, "--out", out_dir, "--no-progress")
+    assert code == 0, err
+    table = (out_dir / "summary.txt").read_text()
+    assert table.strip() in out
+    rows = [line.split() for line in table.splitlines()[2:]]
+    assert [r[0] for r in rows] == ["fedavg", "gossip-ring", "gossip-regular-dirichlet"]
+    assert [r[1:3] for r in rows] == [["fedavg", "star"], ["gossip", "ring"], ["gossip", "regular"]]
+    assert all(r[4] == "2" for r in rows)  # --rounds 2
+    assert (out_dir / "accuracy.png").read_bytes()[:8] == PNG_MAGIC
+    for name in ("fedavg", "gossip-ring", "gossip-regular-dirichlet"):
+        assert len(history_of(out_dir / name)) == 2
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def test_no_command_prints_help(capsys):
+    code, out, _ = cli(capsys)
+    assert code == 0
+    assert "usage: fedsim" in out
+
+
+def test_console_script_help():
+    exe = Path(sys.executable).with_name("fedsim")
+    exe = str(exe) if exe.exists() else shutil.which("fedsim")
+    if exe is None:
+        pytest.skip("the fedsim console script is not installed")
+    proc = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    for command in ("run", "quickstart", "topology"):
+        assert re.search(rf"^\s+{command}\s", proc.stdout, re.M), command
+
+
+# --------------------------------------------------------------------------- format_table
+
+
+def test_format_table_aligns_columns_and_shows_nan_as_dash():
+    rows = [{"run": "a", "acc": 0.5, "n": 12345, "mb": 1234.5},
+            {"run": "longer-name", "acc": float("nan"), "n": 7, "mb": 0.25},
+            {"run": "missing"}]
+    text = format_table(rows, ["run", "acc", "n", "mb"])
+    lines = text.splitlines()
+    assert len(lines) == 5
+    assert len({len(line) for line in lines}) == 1
+    assert lines[0].split() == ["run", "acc", "n", "mb"]
+    assert set(lines[1].replace(" ", "")) == {"-"}
+    assert lines[2].split() == ["a", "0.5000", "12,345", "1,234"]
+    assert lines[3].split() == ["longer-name", "-", "7", "0.2500"]
+    assert lines[4].split() == ["missing", "-", "-", "-"]
+    # right-aligned: every column ends at the same offset in every line
+    ends = [m.end() for m in re.finditer(r"\S+", lines[0])]
+    for line in lines[2:]:
+        assert [m.end() for m in re.finditer(r"\S+", line)] == ends
+
+
+def test_format_table_without_rows():
+    assert format_table([], ["run", "acc"]).splitlines()[0].split() == ["run", "acc"]
