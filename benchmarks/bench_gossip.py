@@ -78,6 +78,7 @@ def measure(n: int, threads: int, device: str, rounds: int, loop_rounds: int, lo
     loop = float("nan")
     if n <= loop_max_n:
         slow = Gossip(trainer, vectorized=False)
+        simulate(slow, fed, 1, state=state, eval_every=0)  # warm-up
         start = time.perf_counter()
         simulate(slow, fed, loop_rounds, state=state, eval_every=0)
         loop = (time.perf_counter() - start) / loop_rounds

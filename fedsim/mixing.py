@@ -82,10 +82,11 @@ class SparseW:
         return torch.sparse.mm(self.to_csr(), x)
 
     def matmul_loop(self, x: torch.Tensor) -> torch.Tensor:
-        """Reference ``W @ x``: every node sums its received models in a Python loop."""
-        out = torch.zeros_like(x)
+        """Reference ``W @ x``: a Python loop over nodes, each averaging the models it received."""
+        out = torch.empty_like(x)
         crow = self.crow.tolist()
         for i in range(self.n):
-            for k in range(crow[i], crow[i + 1]):
-                out[i] += self.vals[k] * x[self.cols[k]]
+            k = slice(crow[i], crow[i + 1])
+            weights = self.vals[k].reshape(-1, *([1] * (x.ndim - 1)))
+            out[i] = (weights * x[self.cols[k]]).sum(0)
         return out

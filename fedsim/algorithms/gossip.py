@@ -102,68 +102,6 @@ class Gossip:
         """Extra metrics computed on evaluation rounds."""
         return {"consensus": consensus_distance(state.models)}
 
-    def models(self) -> torch.Tensor:
-        return self.x / self.w[:, None]
-
-
-def consensus_distance(z: torch.Tensor) -> float:
-    """Mean squared distance of the node models to their average."""
-    return float(((z - z.mean(0)) ** 2).sum(1).mean())
-
-
-@dataclass(frozen=True)
-class Gossip:
-    """D-PSGD / push-sum over the federation's topology schedule.
-
-    ``active_fraction`` of the nodes (sampled per round) train; all nodes mix. ``same_init`` starts
-    every node from one model; otherwise each node draws its own initialisation.
-    """
-
-    trainer: LocalSGD
-    active_fraction: float = 1.0
-    same_init: bool = True
-    vectorized: bool = True
-    eval_nodes: int = 10
-    _cache: dict = field(default_factory=dict, compare=False, repr=False)
-
-    def init(self, fed) -> GossipState:
-        n = fed.data.n_clients
-        x = init_population(self.trainer.model, torch.arange(n), fed.streams, shared=self.same_init,
-                            dtype=fed.dtype, device=fed.device)
-        return GossipState(x, torch.ones(n, dtype=fed.dtype, device=fed.device))
-
-    def _mixing(self, fed, t: int) -> SparseW:
-        W = fed.schedule.at(t)
-        hit = self._cache.get("W")
-        if hit is not None and hit[0] is W:
-            return hit[1]
-        sw = SparseW.from_scipy(W, directed=fed.schedule.directed, device=fed.device, dtype=fed.dtype)
-        self._cache["W"] = (W, sw)
-        return sw
-
-    def round(self, state: GossipState, t: int, fed, send: Callable[[Messages], Messages]):
-        n = fed.data.n_clients
-        if self.active_fraction >= 1:
-            active = torch.arange(n, device=fed.device)
-        else:
-            k = max(1, round(self.active_fraction * n))
-            g = fed.streams.generator("active", round=t)
-            active = torch.randperm(n, generator=g)[:k].sort().values.to(fed.device)
-        z = state.models[active]
-        train = self.trainer.train if self.vectorized else self.trainer.train_loop
-        z_new, losses = train(z, active, t, fed.data, fed.streams)
-        x = state.x.clone()
-        x[active] += (z_new - z) * state.w[active, None]
-
-        W = self._mixing(fed, t)
-        senders, receivers = W.edges()
-        msgs = send(Messages.make(t, "gossip", torch.arange(n), x, senders, receivers))
-        W = W.with_delivered(msgs.delivered)
-        mix = W.matmul if self.vectorized else W.matmul_loop
-        new = GossipState(mix(x), mix(state.w[:, None])[:, 0])
-        return new, {"train_loss": float(losses.mean()), "participants": len(active),
-                     "consensus": consensus_distance(new.models)}
-
     def models(self, state: GossipState) -> dict[str, torch.Tensor]:
         """Parameter rows to evaluate: the network-average model and ``eval_nodes`` evenly spaced nodes."""
         z = state.models
