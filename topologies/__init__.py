@@ -1,0 +1,84 @@
+"""Gossip topologies: networkx graph generators, sparse mixing matrices, spectral gap,
+time-varying schedules and drawings.
+
+Generators are plain functions ``(n, ..., seed) -> networkx.Graph`` with nodes 0..n-1; mixing
+functions return ``scipy.sparse.csr_array`` W with ``x_new = W @ x``.
+"""
+
+from topologies.drawing import draw
+from topologies.errors import (
+    DisconnectedGraphError,
+    InvalidTopologyParameterError,
+    NotStochasticError,
+    TopologyError,
+)
+from topologies.generators import (
+    GENERATORS,
+    barabasi_albert,
+    build,
+    complete,
+    directed_exponential,
+    directed_ring,
+    erdos_renyi,
+    exponential,
+    from_edge_list,
+    random_regular,
+    ring,
+    star,
+    torus,
+    validate,
+    watts_strogatz,
+)
+from topologies.mixing import (
+    check_stochastic,
+    max_degree,
+    metropolis_hastings,
+    push_sum_weights,
+    uniform_neighbour,
+    with_failed_links,
+)
+from topologies.schedules import LinkFailures, PushSum, RandomMatching, Schedule, Static
+from topologies.spectral import describe, second_eigenvalue, spectral_gap
+
+__all__ = [
+    # errors
+    "TopologyError",
+    "DisconnectedGraphError",
+    "NotStochasticError",
+    "InvalidTopologyParameterError",
+    # generators
+    "ring",
+    "torus",
+    "complete",
+    "star",
+    "random_regular",
+    "erdos_renyi",
+    "watts_strogatz",
+    "barabasi_albert",
+    "exponential",
+    "from_edge_list",
+    "directed_ring",
+    "directed_exponential",
+    "validate",
+    "GENERATORS",
+    "build",
+    # mixing
+    "metropolis_hastings",
+    "max_degree",
+    "uniform_neighbour",
+    "push_sum_weights",
+    "check_stochastic",
+    "with_failed_links",
+    # spectral
+    "second_eigenvalue",
+    "spectral_gap",
+    "describe",
+    # schedules
+    "Schedule",
+    "Static",
+    "PushSum",
+    "RandomMatching",
+    "LinkFailures",
+    # drawing
+    "draw",
+]
