@@ -136,7 +136,7 @@ class RunConfig:
     rounds: int = 50
     clients: int = 10
     device: str = "cpu"              # cpu | cuda | cuda:N
-    threads: int = 0                 # torch intra-op threads (0 = leave torch's default)
+    threads: int = 1                 # torch intra-op threads (0 = torch default); see benchmarks/RESULTS.md
     eval_every: int = 1
     checkpoint_every: int = 10       # rounds between resumable checkpoints (0 = never)
     vectorized: bool = True          # False: the per-client reference loop (slow; for checking)

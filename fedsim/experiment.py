@@ -9,6 +9,7 @@ the same history as an uninterrupted run (randomness is keyed by round, not by c
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
 import tempfile
 from dataclasses import dataclass
@@ -63,8 +64,6 @@ def build_schedule(cfg: RunConfig):
     if fn is None:
         known = ", ".join(sorted([*topologies.GENERATORS, *DIRECTED]))
         raise ConfigError(f"topology.name = {top.name!r} is unknown; known: {known}")
-    import inspect
-
     accepted = inspect.signature(fn).parameters
     graph = topologies.build(top.name, None if top.name == "edge_list" else cfg.clients, seed=cfg.seed,
                              **{k: v for k, v in params.items() if k in accepted})

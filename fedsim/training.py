@@ -56,8 +56,8 @@ class ClientData:
 
         Each client samples uniformly with replacement from its own data, from its ``batch`` stream.
         """
-        local = streams.randint("batch", clients.cpu(), round, self.counts[clients].cpu(), (steps, batch_size))
-        local = local.to(self.index.device)
+        clients = clients.to(self.index.device)
+        local = streams.randint("batch", clients, round, self.counts[clients], (steps, batch_size))
         return torch.gather(self.index[clients], 1, local.reshape(len(clients), -1)).reshape(local.shape)
 
 
