@@ -102,7 +102,12 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 
 def evaluate_models(algorithm, state, fed: Federation) -> dict[str, float]:
-    """Test accuracy/loss of the models the algorithm exposes (``algorithm.models(state)``)."""
+    """Test accuracy/loss of the models the algorithm exposes (``algorithm.models(state)``).
+
+    Algorithms that are not neural-network trainers (e.g. federated PCA) provide ``evaluate(state, fed)``.
+    """
+    if hasattr(algorithm, "evaluate"):
+        return algorithm.evaluate(state, fed)
     out = {}
     for name, rows in algorithm.models(state).items():
         acc, loss = evaluate(algorithm.trainer.model, rows, fed.test_x, fed.test_y)

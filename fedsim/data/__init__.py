@@ -10,6 +10,18 @@ from .partition import (
     sampled,
     sorted_blocks,
 )
+from .nslkdd import (
+    NslKdd,
+    category_vocabulary,
+    client_moments,
+    fit_scaler,
+    load_nslkdd,
+    paper_split,
+    pooled_scaler,
+    read_nslkdd,
+    split_clients,
+    standardize,
+)
 from .paths import (
     DataNotFoundError,
     MalformedDataError,
@@ -38,4 +50,14 @@ __all__ = [
     "sorted_blocks",
     "train_test_split",
     "verify_sha256",
+    "NslKdd",
+    "category_vocabulary",
+    "client_moments",
+    "fit_scaler",
+    "load_nslkdd",
+    "paper_split",
+    "pooled_scaler",
+    "read_nslkdd",
+    "split_clients",
+    "standardize",
 ]

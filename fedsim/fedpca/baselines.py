@@ -1,0 +1,131 @@
+"""Baselines for federated PCA, all from client statistics (C_i = X_i^T X_i, n_i), plus the pymanopt reference.
+
+* ``centralized_pca``: top-k eigenspace of the pooled matrix (the accuracy upper bound);
+* ``exact_federated_pca``: one round, clients send (n_i, sum x, C_i); identical subspace, d^2 + d + 1 numbers each;
+* ``projector_averaging``: one-shot average of the local projectors V_i V_i^T (Fan et al., 2019);
+* ``local_only``: every client's own top-k eigenspace (no collaboration);
+* ``PymanoptLocalSolver``: the per-client reference for FedPG's batched local steps, built on pymanopt.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from fedsim.fedpca.problem import PCAClients, check_k, pooled_matrix, top_k_eigenspace
+
+
+@dataclass(frozen=True)
+class BaselineResult:
+    """A subspace (or one per client) and the bytes the clients sent to get it."""
+
+    Z: torch.Tensor            # [d, k], or [N, d, k] for local_only
+    bytes_sent: int
+
+
+def centralized_pca(clients: PCAClients, k: int) -> BaselineResult:
+    """Top-k eigenspace of sum_i C_i / sum_i n_i (as if all rows were in one place; nothing is sent)."""
+    return BaselineResult(top_k_eigenspace(pooled_matrix(clients), k)[0], 0)
+
+
+def exact_federated_pca(clients: PCAClients, k: int, sums: torch.Tensor | None = None) -> BaselineResult:
+    """One round: each client sends (n_i, sum_i x, C_i); the server eigendecomposes the pooled matrix.
+
+    With ``sums`` ([N, d]) the server can also centre the pooled matrix; the paper's pipeline does not
+    centre (clients z-score their own data), so by default the subspace equals ``centralized_pca``.
+    """
+    S = pooled_matrix(clients)
+    if sums is not None:
+        mean = sums.sum(0) / clients.n.sum()
+        S = S - torch.outer(mean, mean)
+    d = clients.d
+    per_client = (d * d + d + 1) * clients.C.element_size()
+    return BaselineResult(top_k_eigenspace(S, k)[0], per_client * clients.n_clients)
+
+
+def local_subspaces(clients: PCAClients, k: int) -> torch.Tensor:
+    """Each client's own top-k eigenspace, [N, d, k]."""
+    check_k(k, clients.d)
+    return torch.linalg.eigh(clients.C)[1].flip(-1)[..., :k]
+
+
+def projector_averaging(clients: PCAClients, k: int, weighted: bool = True) -> BaselineResult:
+    """Top-k eigenspace of the (n_i-weighted) average of the clients' projectors V_i V_i^T; one upload of V_i."""
+    V = local_subspaces(clients, k)
+    w = clients.n / clients.n.sum() if weighted else torch.full_like(clients.n, 1 / clients.n_clients)
+    P = (w[:, None, None] * (V @ V.transpose(-2, -1))).sum(0)
+    return BaselineResult(top_k_eigenspace(P, k)[0], V[0].numel() * V.element_size() * clients.n_clients)
+
+
+def local_only(clients: PCAClients, k: int) -> BaselineResult:
+    """No collaboration: every client keeps its own top-k eigenspace."""
+    return BaselineResult(local_subspaces(clients, k), 0)
+
+
+class PymanoptLocalSolver:
+    """FedPG's local solve for one client at a time, on pymanopt's Grassmann manifold and optimizer.
+
+    The cost is the client's augmented Lagrangian L_i(U) = f_i(U) + <Y, U - Z> + rho/2 ||U - Z||^2 (as a
+    ``pymanopt.function.numpy`` cost with its Euclidean gradient), the optimizer pymanopt's
+    ``SteepestDescent`` with a fixed step ``eta`` (a constant line search) for ``steps`` iterations, and the
+    manifold ``Grassmann(d, k)`` with its tangent projection, given the QR retraction with positive diag(R)
+    (pymanopt's own Grassmann retraction is the polar factor, which gives another representative).
+    ``projection="stiefel"`` swaps in the Stiefel tangent projection of the clean FedPG variant.
+    """
+
+    def __init__(self, d: int, k: int, eta: float, steps: int, projection: str = "grassmann"):
+        import pymanopt
+        from pymanopt.manifolds import Grassmann
+
+        check_k(k, d)
+        if projection not in ("grassmann", "stiefel"):
+            raise ValueError(f"unknown projection {projection!r}; use 'grassmann' or 'stiefel'")
+        self.pymanopt, self.eta, self.steps = pymanopt, eta, steps
+        stiefel = projection == "stiefel"
+
+        class QRGrassmann(Grassmann):
+            def retraction(self, point, tangent_vector):
+                q, r = np.linalg.qr(point + tangent_vector)
+                return q * np.where(np.diag(r) < 0, -1.0, 1.0)
+
+            if stiefel:
+                def projection(self, point, vector):
+                    sym = point.T @ vector
+                    return vector - point @ (0.5 * (sym + sym.T))
+
+                def euclidean_to_riemannian_gradient(self, point, euclidean_gradient):
+                    return self.projection(point, euclidean_gradient)
+
+        self.manifold = QRGrassmann(d, k)
+
+    def solve(self, C: np.ndarray, n: float, Y: np.ndarray, Z: np.ndarray, rho: float, U0: np.ndarray) -> np.ndarray:
+        """Run the fixed-step local iterations from ``U0``; returns the final U (d x k)."""
+        pymanopt = self.pymanopt
+        manifold = self.manifold
+
+        @pymanopt.function.numpy(manifold)
+        def cost(U):
+            f = (np.trace(C) - np.sum(U * (C @ U))) / n
+            return f + np.sum(Y * (U - Z)) + 0.5 * rho * np.sum((U - Z) ** 2)
+
+        @pymanopt.function.numpy(manifold)
+        def euclidean_gradient(U):
+            return -2.0 * C @ U / n + Y + rho * (U - Z)
+
+        problem = pymanopt.Problem(manifold, cost, euclidean_gradient=euclidean_gradient)
+        optimizer = pymanopt.optimizers.SteepestDescent(
+            max_iterations=self.steps, min_gradient_norm=0.0, min_step_size=0.0, verbosity=0,
+            line_searcher=_FixedStep(self.eta))
+        return optimizer.run(problem, initial_point=U0).point
+
+
+class _FixedStep:
+    """A pymanopt line searcher that always takes the step x <- R_x(eta * d)."""
+
+    def __init__(self, eta: float):
+        self.eta = eta
+
+    def search(self, objective, manifold, x, d, f0, df0):
+        return self.eta * manifold.norm(x, d), manifold.retraction(x, self.eta * d)

@@ -1,0 +1,114 @@
+"""Decentralized FedPG: consensus ADMM over a graph, no server (ours; not in the paper).
+
+Decentralized ADMM (Shi et al., 2014) with inexact Riemannian local solves. Node i keeps U_i and one dual
+Y_i (the sum of its edge duals). A round:
+
+1. local solve, R Riemannian steps (Stiefel projection, QR retraction) from U_i on
+   g_i(U) = N w_i f_i(U) + <Y_i, U> + rho sum_{j in N(i)} ||U - (U_i + U_j)/2||^2
+   (w_i = n_i / sum n: the network then minimizes the same pooled objective as FedPG);
+2. every node sends its new U_i to its neighbours (one gossip message per edge, through the taps);
+3. dual update Y_i <- Y_i + rho sum_{j in N(i)} (U_i - U_j).
+
+sum_i Y_i stays 0 on an undirected graph, so at a consensus fixed point span(U) is an invariant subspace of
+the pooled matrix (the top-k one in practice). A message lost by a tap counts as agreement for that round
+(the receiver uses its own U_i in place of U_j): documented, approximate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from fedsim.fedpca.fedpg import PCAFederation, riemannian_steps, stiefel_project
+from fedsim.fedpca.grassmann import largest_principal_angle, orthonormality_error, orthonormalize, qr_retract
+from fedsim.fedpca.problem import check_k, objective
+from fedsim.messages import Messages
+from fedsim.mixing import SparseW
+
+
+@dataclass(frozen=True)
+class DecentralizedState:
+    """Every node's iterate ``U`` [N, d, k], dual ``Y`` [N, d, k], and what it last received: the sum of its
+    neighbours' U_j ``received`` [N, d, k] over ``degree`` [N] neighbours."""
+
+    U: torch.Tensor
+    Y: torch.Tensor
+    received: torch.Tensor
+    degree: torch.Tensor
+
+
+@dataclass(frozen=True)
+class DecentralizedFedPG:
+    """Consensus ADMM for federated PCA over ``fed.schedule`` (any undirected topology)."""
+
+    k: int
+    eta: float = 0.01
+    rho: float = 1.0
+    local_steps: int = 10
+    _cache: dict = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def name(self) -> str:
+        return "FedPG-decentralized"
+
+    def init(self, fed: PCAFederation) -> DecentralizedState:
+        if fed.schedule is None:
+            raise ValueError("decentralized FedPG needs a topology (PCAFederation.schedule)")
+        if getattr(fed.schedule, "directed", False):
+            raise ValueError("decentralized FedPG needs an undirected topology")
+        clients = fed.clients
+        check_k(self.k, clients.d)
+        u = fed.streams.uniform("init", torch.zeros(1, dtype=torch.int64), None, (clients.d, self.k),
+                                dtype=torch.float64)[0].to(clients.C)
+        U = qr_retract(u - 0.5).expand(clients.n_clients, -1, -1).clone()
+        W = self._graph(fed, 0)
+        received, degree = self._neighbour_sum(W, torch.ones(len(W.off), dtype=torch.bool), U)
+        return DecentralizedState(U, torch.zeros_like(U), received, degree)
+
+    def _graph(self, fed: PCAFederation, t: int) -> SparseW:
+        W = fed.schedule.at(t)
+        hit = self._cache.get("W")
+        if hit is None or hit[0] is not W:
+            self._cache["W"] = (W, SparseW.from_scipy(W, device=fed.clients.C.device, dtype=fed.clients.C.dtype))
+        return self._cache["W"][1]
+
+    def _neighbour_sum(self, W: SparseW, delivered: torch.Tensor, U: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sum of the U_j a node received, number of neighbours) with undelivered U_j replaced by U_i."""
+        senders, receivers = W.edges()
+        n, d, k = U.shape
+        gathered = torch.where(delivered[:, None, None], U[senders], U[receivers])
+        total = torch.zeros_like(U).index_add_(0, receivers, gathered)
+        degree = torch.zeros(n, dtype=U.dtype, device=U.device).index_add_(0, receivers, torch.ones_like(senders, dtype=U.dtype))
+        return total, degree
+
+    def round(self, state: DecentralizedState, t: int, fed: PCAFederation, send: Callable[[Messages], Messages]):
+        clients = fed.clients
+        n, d, _ = state.U.shape
+        W = self._graph(fed, t)
+        senders, receivers = W.edges()
+        total, degree = state.received, state.degree  # the neighbours' U of the last round
+        scale = n / clients.n.sum()
+        eye = torch.eye(d, dtype=state.U.dtype, device=state.U.device)
+        A = -2.0 * scale * clients.C + 2 * self.rho * degree[:, None, None] * eye
+        B = state.Y - self.rho * (degree[:, None, None] * state.U + total)
+        U = riemannian_steps(state.U, A, B, self.eta, self.local_steps, qr_retract, stiefel_project)
+        msgs = send(Messages.make(t, "gossip", torch.arange(n), U.reshape(n, -1), senders, receivers))
+        total, degree = self._neighbour_sum(W, msgs.delivered.to(U.device), U)
+        Y = state.Y + self.rho * (degree[:, None, None] * U - total)
+        return DecentralizedState(U, Y, total, degree), {"participants": n}
+
+    def subspace(self, state: DecentralizedState) -> torch.Tensor:
+        """The polar factor of the network-average iterate."""
+        return orthonormalize(state.U.mean(0))
+
+    def evaluate(self, state: DecentralizedState, fed: PCAFederation) -> dict[str, float]:
+        Z = self.subspace(state)
+        w = fed.clients.n / fed.clients.n.sum()
+        out = {"objective": float((w * objective(fed.clients, Z)).sum()),
+               "u_orthonormality_error": float(orthonormality_error(state.U).max()),
+               "max_node_angle": float(largest_principal_angle(state.U, Z.expand_as(state.U)).max())}
+        if fed.reference is not None:
+            out["angle_to_reference"] = float(largest_principal_angle(Z, fed.reference))
+        return out

@@ -1,0 +1,334 @@
+"""FedPG (Grassmann ADMM) and FedPE (Euclidean penalty ADMM) for federated PCA (Nguyen et al., INFOCOM 2023).
+
+min sum_i w_i f_i(U_i)  s.t.  U_i = Z,  U_i^T U_i = I,   f_i(U) = (tr C_i - tr U^T C_i U) / n_i.
+
+Clean variant, one round:
+
+1. the server sends Z to the sampled clients;
+2. a client that took part before applies its pending dual update with the Z it receives,
+   Y_i <- Y_i + rho (U_i - Z) (consensus-ADMM order: with full participation, the update with the newest Z);
+3. from its last U_i (warm start) it takes R Riemannian gradient steps on
+   L_i(U) = f_i(U) + <Y_i, U - Z> + rho/2 ||U - Z||^2:  G = A_i U + B_i with A_i = -2 C_i / n_i + rho I and
+   B_i = Y_i - rho Z;  xi = tangent projection of G;  U <- qf(U - eta xi), the QR retraction with
+   diag(R) > 0, computed by default as Cholesky-QR (the same Q; faster for these small, well-conditioned
+   matrices; ``retraction="qr"`` uses Householder QR with a sign fix);
+4. it uploads (U_i, Y_i); the server sets Z <- polar( sum_i w_i (U_i + Y_i / rho) ), w_i = n_i / sum_S n_j.
+
+All sampled clients' steps run batched (batched matmul + batched QR), float64 by default.
+
+Projection. f_i depends only on span(U), but the ADMM terms depend on the representative U, so L_i lives on
+the Stiefel manifold. ``projection="stiefel"`` (the clean default) uses its Riemannian gradient
+G - U sym(U^T G); FedPG then converges to the pooled top-k eigenspace exactly (~1e-12 rad in tests).
+``projection="grassmann"`` uses (I - U U^T) G as the paper does: the component that would rotate U_i
+towards Z inside its own span is dropped, U_i never reaches Z, and Z stalls 1e-4 to 1e-3 rad away from the
+eigenspace (measured on a planted-subspace problem; docs/fedpca.md).
+
+``variant="paper"`` reproduces the official code (dual-grp/FedPCA_Abnormal_Detection @ 8ded3b7,
+``UserADMM2`` / ``Server2``), quirk by quirk:
+
+* the loss is (1/n_i) ||(I - U U^T) X_i^T||_F^2 (not assuming U orthonormal: gradient -2 (P C + C P) U / n_i,
+  P = I - U U^T), and the ADMM terms are scaled by 1/n_i as well;
+* <Y, U - Z> is computed as sum(Y (U - Z)^T) over all entries: its gradient is ones(d, d) @ Y;
+* Z0 is uniform in [0, 1) (not orthonormal) and every client starts with U_i = Y_i = Z_i = Z0;
+* the QR retraction has no sign fix (Householder QR as LAPACK returns it);
+* the server's Z goes only to the clients that trained in the previous round (all clients at round 0), so a
+  newly sampled client trains against the last Z and dual it received (possibly many rounds old);
+* the server step is Z = sum_i w_i U_i (no Y / rho term), never re-orthonormalized.
+
+FedPE (``method="euclidean"``): plain Euclidean gradient steps U <- U - eta grad, no projection or
+retraction; orthogonality enters as the penalty h(U) = max(0, U^T U - I)^2 (entrywise) with its own dual
+T_i (<T, h> + rho/2 ||h||^2 in the Lagrangian; T_i <- T_i + rho h(U_i) when Z arrives; T starts at
+Z0^T Z0 in the paper variant, 0 in the clean one). Z is orthonormalized (polar) for evaluation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from fedsim.fedpca.grassmann import (
+    cholesky_qr_retract,
+    largest_principal_angle,
+    orthonormality_error,
+    orthonormalize,
+    qr_retract,
+    tangent_project,
+)
+from fedsim.fedpca.problem import PCAClients, check_k, objective
+from fedsim.messages import SERVER, Messages
+from fedsim.rng import Streams
+
+VARIANTS = ("clean", "paper")
+METHODS = ("grassmann", "euclidean")
+
+
+def stiefel_project(U: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
+    """Riemannian gradient on the Stiefel manifold (embedded metric): G - U sym(U^T G)."""
+    UtG = U.transpose(-2, -1) @ G
+    return G - U @ (0.5 * (UtG + UtG.transpose(-2, -1)))
+
+
+def householder_qf(M: torch.Tensor) -> torch.Tensor:
+    """Q of the Householder QR without a sign fix (what the official code does)."""
+    return torch.linalg.qr(M)[0]
+
+
+PROJECTIONS = {"stiefel": stiefel_project, "grassmann": tangent_project}
+RETRACTIONS = {"qr": qr_retract, "cholesky": cholesky_qr_retract, "householder": householder_qf}
+
+
+@dataclass(frozen=True)
+class PCAFederation:
+    """What a federated PCA round reads: client statistics, random streams, optional reference subspace."""
+
+    clients: PCAClients
+    streams: Streams
+    reference: torch.Tensor | None = None   # e.g. the pooled top-k eigenspace, for the angle metric
+    schedule: object = None                 # topology schedule (decentralized variant)
+    device: torch.device = torch.device("cpu")
+
+
+@dataclass(frozen=True)
+class FedPGState:
+    """Server consensus ``Z`` [d, k]; per client: last iterate ``U``, dual ``Y``, the last Z it received
+    ``Z_local`` [N, d, k], the FedPE penalty dual ``T`` [N, k, k], whether it has taken part (``seen``) and
+    whether it trained in the previous round (``last_round``) [N]."""
+
+    Z: torch.Tensor
+    U: torch.Tensor
+    Y: torch.Tensor
+    Z_local: torch.Tensor
+    T: torch.Tensor
+    seen: torch.Tensor
+    last_round: torch.Tensor
+
+
+def riemannian_steps(U: torch.Tensor, A: torch.Tensor, B: torch.Tensor, eta: float, steps: int,
+                     retract: Callable[[torch.Tensor], torch.Tensor] = qr_retract,
+                     project: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = tangent_project) -> torch.Tensor:
+    """``steps`` Riemannian gradient steps for a batch of clients (clean objective).
+
+    The Euclidean gradient is ``A @ U + B`` (A: [m, d, d], B: [m, d, k]); it is projected to the tangent
+    space at U with ``project`` and the step is retracted with ``retract``.
+    """
+    if project is stiefel_project and retract is cholesky_qr_retract:
+        return _stiefel_cholesky_steps(U, A, B, eta, steps)
+    for _ in range(steps):
+        G = torch.baddbmm(B, A, U)
+        U = retract(U - eta * project(U, G))
+    return U
+
+
+def _stiefel_cholesky_steps(U, A, B, eta, steps):
+    """The same iteration as the generic loop for (stiefel, cholesky) in 8 tensor calls a step.
+
+    M = U - eta (G - U sym(U^T G)) = (U - eta G) + (eta / 2) U (K + K^T), K = U^T G; then Q = M chol(M^T M)^-T.
+    """
+    for _ in range(steps):
+        G = torch.baddbmm(B, A, U)
+        K = torch.bmm(U.mT, G)
+        M = torch.baddbmm(torch.add(U, G, alpha=-eta), U, K + K.mT, alpha=0.5 * eta)
+        L = torch.linalg.cholesky_ex(torch.bmm(M.mT, M))[0]  # M^T M = I + eta^2 xi^T xi: always SPD
+        U = torch.linalg.solve_triangular(L.mT, M, upper=True, left=False)
+    return U
+
+
+def paper_gradient(U, C, n, Y, Z, T, rho, euclidean: bool) -> torch.Tensor:
+    """Euclidean gradient of the official code's per-client loss (autograd there; closed form here).
+
+    (1/n) [ ||(I - U U^T) X^T||^2 + sum(Y (U - Z)^T) + rho/2 ||U - Z||^2
+            (+ sum(T h^T) + rho/2 ||h||^2 with h = max(0, U^T U - I)^2 for FedPE) ].
+    """
+    eye = torch.eye(U.shape[-2], dtype=U.dtype, device=U.device)
+    P = eye - U @ U.transpose(-2, -1)
+    PC = P @ C
+    G = -2.0 * (PC + PC.transpose(-2, -1)) @ U + Y.sum(-2, keepdim=True) + rho * (U - Z)
+    if euclidean:
+        M = U.transpose(-2, -1) @ U - torch.eye(U.shape[-1], dtype=U.dtype, device=U.device)
+        pos = M.clamp(min=0)
+        h = pos * pos
+        D = (T.transpose(-2, -1) + rho * h) * 2 * pos     # dLoss/dM
+        G = G + U @ (D + D.transpose(-2, -1))
+    return G / n[:, None, None]
+
+
+def clean_penalty_gradient(U, T, rho) -> torch.Tensor:
+    """Gradient of <T, h(U)> + rho/2 ||h(U)||^2, h = max(0, U^T U - I)^2 (FedPE, clean variant)."""
+    M = U.transpose(-2, -1) @ U - torch.eye(U.shape[-1], dtype=U.dtype, device=U.device)
+    pos = M.clamp(min=0)
+    D = (T + rho * pos * pos) * 2 * pos
+    return U @ (D + D.transpose(-2, -1))
+
+
+def penalty(U: torch.Tensor) -> torch.Tensor:
+    """h(U) = max(0, U^T U - I)^2, entrywise, [..., k, k]."""
+    M = U.transpose(-2, -1) @ U - torch.eye(U.shape[-1], dtype=U.dtype, device=U.device)
+    return M.clamp(min=0) ** 2
+
+
+def round_half_up(x: float) -> int:
+    return int(x + 0.5)
+
+
+def sample_clients(streams: Streams, round: int, n: int, fraction: float) -> torch.Tensor:
+    """max(1, round(fraction * n)) distinct clients, sorted, from the ``sample`` stream of the round."""
+    k = max(1, min(n, round_half_up(fraction * n)))
+    if k == n:
+        return torch.arange(n)
+    return torch.randperm(n, generator=streams.generator("sample", round=round))[:k].sort().values
+
+
+@dataclass(frozen=True)
+class FedPG:
+    """Federated PCA by ADMM: Grassmann (FedPG, default) or Euclidean penalty (FedPE, ``method="euclidean"``).
+
+    ``k``: subspace dimension; ``eta``, ``rho``, ``local_steps``, ``client_fraction``: defaults are the paper's.
+    """
+
+    k: int
+    eta: float = 1e-4
+    rho: float = 0.01
+    local_steps: int = 30
+    client_fraction: float = 0.1
+    variant: str = "clean"
+    method: str = "grassmann"
+    retraction: str = ""   # "" = the variant's default: cholesky (clean), householder (paper)
+    projection: str = ""   # "" = the variant's default: stiefel (clean), grassmann (paper)
+
+    def __post_init__(self):
+        for name, value, known in (("variant", self.variant, VARIANTS), ("method", self.method, METHODS),
+                                   ("retraction", self.retraction, ("", *RETRACTIONS)),
+                                   ("projection", self.projection, ("", *PROJECTIONS))):
+            if value not in known:
+                raise ValueError(f"unknown {name} {value!r}; known: {', '.join(k for k in known if k)}")
+        if not 0 < self.client_fraction <= 1:
+            raise ValueError(f"client_fraction must be in (0, 1], got {self.client_fraction}")
+        if self.eta <= 0 or self.rho <= 0 or self.local_steps < 0:
+            raise ValueError(f"need eta > 0, rho > 0, local_steps >= 0; got {self.eta}, {self.rho}, {self.local_steps}")
+
+    @property
+    def name(self) -> str:
+        return ("FedPG" if self.method == "grassmann" else "FedPE") + ("-paper" if self.variant == "paper" else "")
+
+    @property
+    def projection_name(self) -> str:
+        return self.projection or ("grassmann" if self.variant == "paper" else "stiefel")
+
+    @property
+    def retraction_name(self) -> str:
+        return self.retraction or ("householder" if self.variant == "paper" else "cholesky")
+
+    def init(self, fed: PCAFederation) -> FedPGState:
+        clients = fed.clients
+        d, n, k = clients.d, clients.n_clients, self.k
+        check_k(k, d)
+        dev, dt = clients.C.device, clients.C.dtype
+        u = fed.streams.uniform("init", torch.zeros(1, dtype=torch.int64), None, (d, k),
+                                dtype=torch.float64)[0].to(device=dev, dtype=dt)
+        if self.variant == "paper":
+            Z = u
+            Y = Z.expand(n, d, k).clone()
+            T = (Z.T @ Z).expand(n, k, k).clone()
+        else:
+            Z = qr_retract(u - 0.5)
+            Y = torch.zeros(n, d, k, dtype=dt, device=dev)
+            T = torch.zeros(n, k, k, dtype=dt, device=dev)
+        copies = Z.expand(n, d, k).clone()
+        none = torch.zeros(n, dtype=torch.bool, device=dev)
+        return FedPGState(Z, copies, Y, copies.clone(), T, none, none.clone())
+
+    # -- one round -------------------------------------------------------------------------------------
+    def round(self, state: FedPGState, t: int, fed: PCAFederation, send: Callable[[Messages], Messages]):
+        n_clients = fed.clients.n_clients
+        dev = state.Z.device
+        S = sample_clients(fed.streams, t, n_clients, self.client_fraction).to(dev)
+        if self.variant == "paper":  # Z goes to last round's trainers (everyone at round 0), not to S
+            recipients = torch.arange(n_clients, device=dev) if t == 0 else state.last_round.nonzero().flatten()
+        else:
+            recipients = S
+        state, received = self._deliver(state, t, recipients, send)
+        if self.variant != "paper":
+            S = S[received[S]]  # clean: a client whose Z was lost does not train this round
+        U = self._local_steps(state, S, fed.clients)
+        up = send(Messages.make(t, "uplink", S, self._upload(U, state.Y[S]), torch.arange(len(S)),
+                                torch.full((len(S),), SERVER)))
+        ok = up.delivered.to(dev)
+        new_U = state.U.clone()
+        new_U[S] = U
+        seen = state.seen.clone()
+        seen[S] = True
+        trained = torch.zeros_like(seen)
+        trained[S[ok]] = True
+        Z = self._aggregate(state, S[ok], U[ok], fed.clients) if bool(ok.any()) else state.Z
+        metrics = {"participants": int(ok.sum())}
+        return FedPGState(Z, new_U, state.Y, state.Z_local, state.T, seen, trained), metrics
+
+    def _deliver(self, state: FedPGState, t: int, recipients: torch.Tensor, send) -> tuple[FedPGState, torch.Tensor]:
+        """Send Z to ``recipients``; each applies its dual updates with it (paper: on every receipt; clean: if
+        it took part before). Returns the new state and a mask of who received Z."""
+        down = send(Messages.make(t, "downlink", [SERVER], state.Z.reshape(1, -1), torch.zeros(len(recipients)),
+                                  recipients))
+        got = recipients[down.delivered.to(recipients.device)]
+        Y, T, Z_local = state.Y.clone(), state.T.clone(), state.Z_local.clone()
+        update = got if self.variant == "paper" else got[state.seen[got]]
+        Y[update] += self.rho * (state.U[update] - state.Z)
+        if self.method == "euclidean":
+            T[update] += self.rho * penalty(state.U[update])
+        Z_local[got] = state.Z
+        received = torch.zeros_like(state.seen)
+        received[got] = True
+        return FedPGState(state.Z, state.U, Y, Z_local, T, state.seen, state.last_round), received
+
+    def _local_steps(self, state: FedPGState, S: torch.Tensor, clients: PCAClients) -> torch.Tensor:
+        U, Y, Z, T = state.U[S], state.Y[S], state.Z_local[S], state.T[S]
+        C, n = clients.C[S], clients.n[S]
+        retract = RETRACTIONS[self.retraction_name]
+        project = PROJECTIONS[self.projection_name]
+        if self.variant == "clean" and self.method == "grassmann":
+            eye = torch.eye(clients.d, dtype=C.dtype, device=C.device)
+            return riemannian_steps(U, -2.0 * C / n[:, None, None] + self.rho * eye, Y - self.rho * Z,
+                                    self.eta, self.local_steps, retract, project)
+        euclidean = self.method == "euclidean"
+        for _ in range(self.local_steps):
+            if self.variant == "paper":
+                G = paper_gradient(U, C, n, Y, Z, T, self.rho, euclidean)
+            else:
+                G = -2.0 * C @ U / n[:, None, None] + Y + self.rho * (U - Z) + clean_penalty_gradient(U, T, self.rho)
+            U = U - self.eta * G if euclidean else retract(U - self.eta * project(U, G))
+        return U
+
+    def _upload(self, U: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
+        """Paper: U_i only (the server ignores Y); clean: (U_i, Y_i) for the Z-step."""
+        if self.variant == "paper":
+            return U.reshape(len(U), -1)
+        return torch.cat([U.reshape(len(U), -1), Y.reshape(len(U), -1)], dim=1)
+
+    def _aggregate(self, state: FedPGState, S: torch.Tensor, U: torch.Tensor, clients: PCAClients) -> torch.Tensor:
+        n = clients.n[S]
+        w = (n / n.sum())[:, None, None]
+        if self.variant == "paper":
+            return (w * U).sum(0)
+        return orthonormalize((w * (U + state.Y[S] / self.rho)).sum(0))
+
+    # -- evaluation ------------------------------------------------------------------------------------
+    def subspace(self, state: FedPGState) -> torch.Tensor:
+        """An orthonormal basis of span(Z) (Z itself in the clean Grassmann variant)."""
+        return orthonormalize(state.Z)
+
+    def evaluate(self, state: FedPGState, fed: PCAFederation) -> dict[str, float]:
+        """Objective sum_i w_i f_i at span(Z), orthonormality errors, angle to the reference subspace."""
+        Z = self.subspace(state)
+        w = fed.clients.n / fed.clients.n.sum()
+        out = {"objective": float((w * objective(fed.clients, Z)).sum()),
+               "z_orthonormality_error": float(orthonormality_error(state.Z)),
+               "u_orthonormality_error": float(orthonormality_error(state.U).max())}
+        if fed.reference is not None:
+            out["angle_to_reference"] = float(largest_principal_angle(Z, fed.reference))
+        return out
+
+
+def FedPE(k: int, **kwargs) -> FedPG:
+    """FedPE: the Euclidean-penalty variant of :class:`FedPG`."""
+    return FedPG(k, method="euclidean", **kwargs)
