@@ -129,3 +129,47 @@ class _FixedStep:
 
     def search(self, objective, manifold, x, d, f0, df0):
         return self.eta * manifold.norm(x, d), manifold.retraction(x, self.eta * d)
+
+
+def fedpg_with_pymanopt(clients: PCAClients, k: int, rounds: int, *, eta: float, rho: float, local_steps: int,
+                        client_fraction: float, seed: int = 0, projection: str = "stiefel") -> np.ndarray:
+    """Clean FedPG's schedule with every local solve done per client by :class:`PymanoptLocalSolver`.
+
+    The same sampling stream, initial point, dual and server steps as ``FedPG(variant="clean",
+    retraction="qr")``, one client at a time in NumPy: the reference (and speed baseline) for the batched
+    engine. Returns the final Z.
+    """
+    from fedsim.fedpca.fedpg import FedPG, sample_clients
+    from fedsim.rng import Streams
+
+    streams = Streams(seed)
+    C, n = clients.C.cpu().numpy(), clients.n.cpu().numpy()
+    N, d = C.shape[0], C.shape[1]
+    check_k(k, d)
+    alg = FedPG(k, eta=eta, rho=rho, local_steps=local_steps, client_fraction=client_fraction, retraction="qr",
+                projection=projection)
+    u = streams.uniform("init", torch.zeros(1, dtype=torch.int64), None, (d, k), dtype=torch.float64)[0]
+    Z = alg_init_z(u)
+    U = np.repeat(Z[None], N, axis=0)
+    Y = np.zeros_like(U)
+    seen = np.zeros(N, dtype=bool)
+    solver = PymanoptLocalSolver(d, k, eta, local_steps, projection=projection)
+    for t in range(rounds):
+        S = sample_clients(streams, t, N, alg.client_fraction).numpy()
+        for i in S:
+            if seen[i]:
+                Y[i] = Y[i] + rho * (U[i] - Z)
+            U[i] = solver.solve(C[i], n[i], Y[i], Z, rho, U[i]) if local_steps else U[i]
+            seen[i] = True
+        w = n[S] / n[S].sum()
+        M = np.einsum("i,ijk->jk", w, U[S] + Y[S] / rho)
+        a, _, b = np.linalg.svd(M, full_matrices=False)
+        Z = a @ b
+    return Z
+
+
+def alg_init_z(u: torch.Tensor) -> np.ndarray:
+    """The clean variant's initial Z from the ``init`` uniforms (as ``FedPG.init``)."""
+    from fedsim.fedpca.grassmann import qr_retract
+
+    return qr_retract(u - 0.5).numpy()

@@ -149,7 +149,8 @@ def paper_gradient(U, C, n, Y, Z, T, rho, euclidean: bool) -> torch.Tensor:
         M = U.transpose(-2, -1) @ U - torch.eye(U.shape[-1], dtype=U.dtype, device=U.device)
         pos = M.clamp(min=0)
         h = pos * pos
-        D = (T.transpose(-2, -1) + rho * h) * 2 * pos     # dLoss/dM
+        # sum(T h^T) has gradient ones(k, k) @ T in h (like the Y term); then chain through h = max(0, M)^2
+        D = (T.sum(-2, keepdim=True) + rho * h) * 2 * pos     # dLoss/dM, M = U^T U - I
         G = G + U @ (D + D.transpose(-2, -1))
     return G / n[:, None, None]
 
@@ -301,9 +302,10 @@ class FedPG:
 
     def _upload(self, U: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
         """Paper: U_i only (the server ignores Y); clean: (U_i, Y_i) for the Z-step."""
+        flat_U = U.reshape(len(U), U.shape[-2] * U.shape[-1])
         if self.variant == "paper":
-            return U.reshape(len(U), -1)
-        return torch.cat([U.reshape(len(U), -1), Y.reshape(len(U), -1)], dim=1)
+            return flat_U
+        return torch.cat([flat_U, Y.reshape(len(U), U.shape[-2] * U.shape[-1])], dim=1)
 
     def _aggregate(self, state: FedPGState, S: torch.Tensor, U: torch.Tensor, clients: PCAClients) -> torch.Tensor:
         n = clients.n[S]
