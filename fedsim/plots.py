@@ -46,3 +46,20 @@ def plot_runs(results: dict[str, Result], path: str | Path, title: str = "") -> 
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def plot_roc(curves: dict, path: str | Path, title: str = "") -> Path:
+    """ROC curves ``{label: (fpr, tpr)}`` on one axis, saved as a PNG."""
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    for label, (fpr, tpr) in curves.items():
+        ax.plot(fpr, tpr, label=label)
+    ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title=title or "ROC")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
