@@ -275,7 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "baselines on NSL-KDD normal traffic, and evaluate them on KDDTest+ with one "
                                    "threshold protocol. Prints one table; saves results.json and a ROC plot.")
     p.add_argument("--data-dir", help="folder holding nsl-kdd/ (default: $FEDSIM_DATA_DIR or ~/.cache/fedsim)")
-    p.add_argument("--methods", help="comma-separated subset of: centralized, exact-federated, projector-avg, "
+    p.add_argument("--methods", help="comma-separated subset of: centralized, exact-federated (global scaler), "
+                                     "exact-federated-local (clients' own scaling: FedPG's optimum), projector-avg, "
                                      "local-only, fedpg, fedpg-paper, fedpe-paper, fedpg-decentralized")
     p.add_argument("--clients", type=int, default=20)
     p.add_argument("--split", default="paper", choices=["paper", "iid", "dirichlet"])

@@ -23,8 +23,8 @@ from fedsim.fedpca.fedpg import FedPG, PCAFederation
 from fedsim.fedpca.problem import PCAClients, check_k, pooled_matrix, top_k_eigenspace
 from fedsim.rng import Streams
 
-METHODS = ("centralized", "exact-federated", "projector-avg", "local-only", "fedpg", "fedpg-paper", "fedpe-paper",
-           "fedpg-decentralized")
+METHODS = ("centralized", "exact-federated", "exact-federated-local", "projector-avg", "local-only", "fedpg",
+           "fedpg-paper", "fedpe-paper", "fedpg-decentralized")
 PROTOCOLS = ("paper-minmax", "paper-quantile", "train-quantile", "q-statistic")
 
 
@@ -100,6 +100,9 @@ def train_method(name: str, data: NslKddData, k: int, *, rounds: int = 100, seed
         Z, bytes_sent = top_k_eigenspace(S, k)[0], 0
     elif name == "exact-federated":
         res = baselines.exact_federated_pca(PCAClients.from_blocks(data.global_blocks), k)
+        Z, bytes_sent = res.Z, res.bytes_sent
+    elif name == "exact-federated-local":  # the optimum FedPG targets: clients' own z-scored statistics
+        res = baselines.exact_federated_pca(clients, k)
         Z, bytes_sent = res.Z, res.bytes_sent
     elif name == "projector-avg":
         res = baselines.projector_averaging(clients, k)
