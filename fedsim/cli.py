@@ -137,7 +137,7 @@ def cmd_quickstart(args) -> int:
     for name in names:
         with resources.as_file(resources.files("experiments") / "configs" / name) as path:
             cfg = _apply_common(load(path), args)
-        if args.rounds:
+        if args.rounds is not None:
             from fedsim.config import replace
 
             cfg = replace(cfg, {"rounds": args.rounds})
@@ -204,15 +204,23 @@ def cmd_fedpca(args) -> int:
         from fedsim.config import ConfigError
 
         raise ConfigError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(nslkdd.METHODS)}")
+    _check_fedpca_args(args)
     data = nslkdd.prepare(args.data_dir, n_clients=args.clients, split=args.split, features=args.features,
                           seed=args.seed)
     kwargs = {"clean": {"eta": args.eta, "rho": args.rho, "local_steps": args.local_steps,
                         "client_fraction": args.fraction},
-              "paper": {"client_fraction": args.paper_fraction},
+              "paper": {"eta": args.paper_eta, "rho": args.paper_rho, "local_steps": args.paper_local_steps,
+                        "client_fraction": args.paper_fraction},
               "decentralized": {"eta": args.eta, "rho": args.rho, "local_steps": args.local_steps}}
-    graph = topologies.build(args.topology, args.clients, seed=args.seed, k=4) if args.topology == "regular" \
-        else topologies.build(args.topology, args.clients, seed=args.seed)
-    schedule = topologies.Static(topologies.metropolis_hastings(graph))
+    schedule = None
+    if "fedpg-decentralized" in methods:
+        import inspect
+
+        params = {"k": args.degree, "p": args.prob, "m": args.attach}
+        accepted = inspect.signature(topologies.GENERATORS.get(args.topology, topologies.ring)).parameters
+        graph = topologies.build(args.topology, args.clients, seed=args.seed,
+                                 **{key: v for key, v in params.items() if key in accepted})
+        schedule = topologies.Static(topologies.metropolis_hastings(graph))
     rows, curves = [], {}
     for name in methods:
         print(f"  training {name} ...", file=sys.stderr, flush=True)
@@ -238,6 +246,24 @@ def cmd_fedpca(args) -> int:
     png = plot_roc(curves, out / "roc.png", title=f"NSL-KDD anomaly detection, k = {args.k}")
     print(f"\nresults: {out}/  (summary.txt, results.json, roc.png)\nplot:    {png}")
     return 0
+
+
+def _check_fedpca_args(args) -> None:
+    from fedsim.config import ConfigError
+
+    checks = [("--rounds", args.rounds, args.rounds >= 1, ">= 1"), ("--clients", args.clients, args.clients >= 1, ">= 1"),
+              ("--eta", args.eta, args.eta > 0, "> 0"), ("--rho", args.rho, args.rho > 0, "> 0"),
+              ("--paper-eta", args.paper_eta, args.paper_eta > 0, "> 0"),
+              ("--paper-rho", args.paper_rho, args.paper_rho > 0, "> 0"),
+              ("--local-steps", args.local_steps, args.local_steps >= 0, ">= 0"),
+              ("--paper-local-steps", args.paper_local_steps, args.paper_local_steps >= 0, ">= 0"),
+              ("--fraction", args.fraction, 0 < args.fraction <= 1, "in (0, 1]"),
+              ("--paper-fraction", args.paper_fraction, 0 < args.paper_fraction <= 1, "in (0, 1]"),
+              ("--tau", args.tau, 0 <= args.tau <= 1, "in [0, 1]"), ("--quantile", args.quantile, 0 < args.quantile < 1, "in (0, 1)"),
+              ("--alpha", args.alpha, 0 < args.alpha < 1, "in (0, 1)")]
+    for name, value, ok, rule in checks:
+        if not ok:
+            raise ConfigError(f"{name} must be {rule}, got {value}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -291,10 +317,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, default=0.01, help="false-alarm level of the honest protocols")
     p.add_argument("--eta", type=float, default=0.05, help="clean/decentralized FedPG step size")
     p.add_argument("--rho", type=float, default=1.0, help="clean/decentralized FedPG ADMM penalty")
-    p.add_argument("--local-steps", type=int, default=30)
+    p.add_argument("--local-steps", type=int, default=30, help="clean/decentralized FedPG local steps")
     p.add_argument("--fraction", type=float, default=1.0, help="clean FedPG client fraction per round")
-    p.add_argument("--paper-fraction", type=float, default=0.1, help="paper variants' client fraction")
+    p.add_argument("--paper-eta", type=float, default=1e-4, help="paper variants' step size (paper: 1e-4)")
+    p.add_argument("--paper-rho", type=float, default=0.01, help="paper variants' ADMM penalty (paper: 0.01)")
+    p.add_argument("--paper-local-steps", type=int, default=30, help="paper variants' local steps (paper: 30)")
+    p.add_argument("--paper-fraction", type=float, default=0.1, help="paper variants' client fraction (paper: 0.1)")
     p.add_argument("--topology", default="ring", help="graph of the decentralized variant (ring, regular, ...)")
+    p.add_argument("--degree", type=int, default=4, help="degree of regular / watts_strogatz graphs")
+    p.add_argument("--prob", type=float, default=0.3, help="edge probability of erdos_renyi / watts_strogatz")
+    p.add_argument("--attach", type=int, default=2, help="edges per new node of barabasi_albert graphs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="results/fedpca")

@@ -116,6 +116,9 @@ class TopologyConfig:
     def validate(self) -> None:
         _choice("topology.mixing", self.mixing, ("metropolis", "max_degree", "uniform"))
         _choice("topology.schedule", self.schedule, ("static", "matching", "failures"))
+        if self.schedule != "static" and self.mixing != "metropolis":
+            raise ConfigError(f"topology.mixing = {self.mixing!r} applies to schedule = 'static' only; the "
+                              f"{self.schedule!r} schedule sets its own weights (use mixing = 'metropolis')")
         if not 0 <= self.q <= 1:
             raise ConfigError(f"topology.q must be in [0, 1], got {self.q!r}")
 

@@ -136,7 +136,7 @@ def run(cfg: RunConfig, out_dir: str | Path | None = None, resume: bool = False,
         out.mkdir(parents=True, exist_ok=True)
         if resume and ckpt.exists():
             start, state, history, saved = load_checkpoint(ckpt, setup.fed.device)
-            if saved != config_toml:
+            if _resume_key(saved) != _resume_key(config_toml):
                 raise ConfigError(f"{ckpt} was written by a different config; use a new output folder "
                                   "or the same config to resume")
         atomic_write_text(out / "config.toml", config_toml)
@@ -153,3 +153,14 @@ def run(cfg: RunConfig, out_dir: str | Path | None = None, resume: bool = False,
         result.to_json(Path(out_dir) / "history.json")
         result.to_csv(Path(out_dir) / "history.csv")
     return result
+
+
+def _resume_key(config_toml: str) -> dict:
+    """A config without the settings that do not change results (threads, device, data folder)."""
+    from fedsim.config import tomllib
+
+    values = tomllib.loads(config_toml)
+    for key in ("threads", "device"):
+        values.pop(key, None)
+    values.get("data", {}).pop("dir", None)
+    return values

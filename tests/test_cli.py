@@ -350,3 +350,24 @@ def test_format_table_aligns_columns_and_shows_nan_as_dash():
 
 def test_format_table_without_rows():
     assert format_table([], ["run", "acc"]).splitlines()[0].split() == ["run", "acc"]
+
+
+def test_resume_accepts_a_different_thread_count(tmp_path, capsys):
+    from fedsim.cli import main as cli_main
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('name = "t"\nrounds = 4\nclients = 4\neval_every = 2\ncheckpoint_every = 2\n')
+    out = tmp_path / "out"
+    assert cli_main(["run", str(cfg), "--out", str(out), "--no-progress", "--set", "rounds=2"]) == 0
+    before = (out / "history.json").read_text()
+    assert cli_main(["run", str(cfg), "--out", str(out), "--no-progress", "--resume", "--threads", "2",
+                     "--set", "rounds=2"]) == 0
+    assert (out / "history.json").read_text() == before
+
+
+def test_mixing_choice_with_a_time_varying_schedule_is_rejected():
+    from fedsim.config import ConfigError, from_dict
+
+    with pytest.raises(ConfigError, match="applies to schedule = 'static' only"):
+        from_dict({"algorithm": {"name": "gossip"}, "topology": {"name": "ring", "mixing": "max_degree",
+                                                                  "schedule": "failures"}})

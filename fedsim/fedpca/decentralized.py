@@ -64,7 +64,7 @@ class DecentralizedFedPG:
                                 dtype=torch.float64)[0].to(clients.C)
         U = qr_retract(u - 0.5).expand(clients.n_clients, -1, -1).clone()
         W = self._graph(fed, 0)
-        received, degree = self._neighbour_sum(W, torch.ones(len(W.off), dtype=torch.bool), U)
+        received, degree = self._neighbour_sum(W, torch.ones(len(W.off), dtype=torch.bool, device=U.device), U)
         return DecentralizedState(U, torch.zeros_like(U), received, degree)
 
     def _graph(self, fed: PCAFederation, t: int) -> SparseW:

@@ -101,7 +101,7 @@ def test_roundtrip_of_non_default_values():
                                   local_steps=0, batch_size=8, active_fraction=0.5, same_init=False,
                                   weighted=False),
         topology=TopologyConfig(name="watts_strogatz", k=2, p=0.25, m=3, path="edges.txt", mixing="uniform",
-                                schedule="failures", q=0.75),
+                                schedule="static", q=0.75),
         taps=TapsConfig(link_drop=1.0),
     ).validate()
     back = roundtrip(cfg)
