@@ -1,0 +1,71 @@
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from attacks.inversion import (InversionConfig, cosine_distance, invert, mask_regularizer, signed_adam_step,
+                               total_variation)
+from attacks.metrics import psnr, ssim
+from attacks.models import DropoutMLP
+from attacks.victims import MNIST_MEAN, MNIST_STD, load_victims, normalize_mnist
+
+SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+BOX = ((0 - MNIST_MEAN) / MNIST_STD, (1 - MNIST_MEAN) / MNIST_STD)
+needs_victims = pytest.mark.skipif(not (SHARED / "mnist" / "dia_mnist_128.npz").is_file(), reason="no victim set")
+
+
+def test_mask_regularizer_hand_computed():
+    masks = [torch.tensor([[1.0, 0.0, 1.0, 1.0]]), torch.tensor([[0.5, 0.5]])]
+    # dropped fractions 0.25 and 0.5 against rates 0.25 and 0.25 -> |0| + |0.25|
+    assert float(mask_regularizer(masks, [0.25, 0.25])) == pytest.approx(0.25)
+
+
+def test_total_variation_and_cosine_hand_computed():
+    x = torch.tensor([[[[0.0, 1.0], [0.0, 1.0]]]])
+    assert float(total_variation(x)) == pytest.approx(1.0)      # horizontal diffs 1, vertical 0
+    a = [torch.tensor([1.0, 0.0]), torch.tensor([0.0])]
+    assert float(cosine_distance(a, [torch.tensor([2.0, 0.0]), torch.tensor([0.0])])) == pytest.approx(0.0)
+    assert float(cosine_distance(a, [torch.tensor([0.0, 3.0]), torch.tensor([0.0])])) == pytest.approx(1.0)
+
+
+def test_signed_gradient_step_moves_x_by_lr_times_sign():
+    x = torch.tensor([0.5, -0.2, 0.0], requires_grad=True)
+    opt = torch.optim.Adam([x], lr=0.1)
+    x.grad = torch.tensor([3.0, -1e-4, 2.0])
+    signed_adam_step(opt, x)
+    torch.testing.assert_close(x.detach(), torch.tensor([0.4, -0.1, -0.1]), atol=1e-6, rtol=0)
+
+
+def test_ssim_psnr_hand_computed():
+    a = torch.full((1, 1, 16, 16), 0.5)
+    assert float(ssim(a, a)) == pytest.approx(1.0)
+    b = torch.full((1, 1, 16, 16), 0.25)
+    c1 = 0.01 ** 2   # constant images: only the luminance term remains
+    assert float(ssim(a, b)) == pytest.approx((2 * 0.5 * 0.25 + c1) / (0.25 + 0.0625 + c1))
+    assert float(psnr(a, b)) == pytest.approx(10 * torch.log10(torch.tensor(1 / 0.0625)).item())
+
+
+@needs_victims
+def test_dia_clamps_masks_and_input_to_their_boxes():
+    images, labels = load_victims("mnist", SHARED)
+    x, y = torch.tensor(normalize_mnist(images[:1])), torch.tensor(labels[:1])
+    torch.manual_seed(0)
+    model = DropoutMLP(p=0.25).train()
+    target = [g.detach() for g in torch.autograd.grad(F.cross_entropy(model(x), y), list(model.parameters()))]
+    res = invert(model, target, y, x.shape, BOX, "dia", config=InversionConfig(max_iterations=20))
+    assert res.iterations == 20 and len(res.masks) == 3
+    assert all(float(m.min()) >= 0 and float(m.max()) <= 1 and m.shape == (1, 512) for m in res.masks)
+    assert float(res.x.min()) >= BOX[0] - 1e-6 and float(res.x.max()) <= BOX[1] + 1e-6
+
+
+@needs_victims
+def test_ig_reconstructs_an_mnist_victim_on_the_mlp_without_dropout():
+    images, labels = load_victims("mnist", SHARED)
+    x, y = torch.tensor(normalize_mnist(images[:1])), torch.tensor(labels[:1])
+    torch.manual_seed(0)
+    model = DropoutMLP(p=0.0).train()
+    target = [g.detach() for g in torch.autograd.grad(F.cross_entropy(model(x), y), list(model.parameters()))]
+    res = invert(model, target, y, x.shape, BOX, "ig", config=InversionConfig(max_iterations=400))
+    back = lambda z: z * MNIST_STD + MNIST_MEAN  # noqa: E731
+    assert float(ssim(back(res.x), back(x))) > 0.9
