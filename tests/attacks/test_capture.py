@@ -1,0 +1,48 @@
+"""An attack against the update a FedAvg client actually sent in the simulation."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from attacks.capture import update_to_gradient
+from attacks.inversion import InversionConfig, invert
+from attacks.labels import idlg_label
+from attacks.metrics import ssim
+from attacks.models import DropoutMLP
+from attacks.victims import MNIST_MEAN, MNIST_STD, load_victims, normalize_mnist
+from fedsim.algorithms import FedAvg
+from fedsim.engine import Federation, simulate
+from fedsim.messages import SERVER, Capture
+from fedsim.rng import Streams
+from fedsim.training import ClientData, LocalSGD
+
+SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+
+
+@pytest.mark.skipif(not (SHARED / "mnist" / "dia_mnist_128.npz").is_file(), reason="no victim set")
+def test_curious_server_reconstructs_a_client_image_from_its_fedavg_update():
+    images, labels = load_victims("mnist", SHARED)
+    x = normalize_mnist(images[:4])
+    data = ClientData.from_parts(x, labels[:4], [np.array([i]) for i in range(4)])  # one image per client
+    fed = Federation(data, torch.tensor(x), torch.tensor(labels[:4]), Streams(0))
+    torch.manual_seed(0)
+    model = DropoutMLP(p=0.0)
+    lr = 0.1
+    alg = FedAvg(LocalSGD(model, lr=lr, steps=1, batch_size=1), clients_per_round=2)
+    spy = Capture(receivers=[SERVER], rounds=[0])
+    simulate(alg, fed, 1, taps=[spy], eval_every=0)
+    assert len(spy.records) == 2
+    start = alg.init(fed).params                      # the global model the server sent (public)
+    victim = spy.records[0]
+    grads = update_to_gradient(model, start, victim.payload, lr)
+    label = idlg_label(grads[-1])
+    assert label == labels[victim.sender]             # labels recovered from the update alone
+    torch.nn.utils.vector_to_parameters(start, model.parameters())
+    box = ((0 - MNIST_MEAN) / MNIST_STD, (1 - MNIST_MEAN) / MNIST_STD)
+    res = invert(model, grads, torch.tensor([label]), (1, 1, 28, 28), box, "ig",
+                 config=InversionConfig(max_iterations=400))
+    back = lambda z: z * MNIST_STD + MNIST_MEAN  # noqa: E731
+    truth = torch.tensor(x[victim.sender:victim.sender + 1])
+    assert float(ssim(back(res.x), back(truth))) > 0.9
