@@ -60,10 +60,7 @@ def run_mnist_mlp(victims: list[int], attacks: tuple[str, ...], dropout: float, 
 
 def save_grid(recon: dict, path: str | Path) -> Path:
     """Originals (first row) and each attack's reconstructions (one row per attack) as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from fedsim.plots import plt, save_figure
 
     names = list(recon)
     cols = len(recon["truth"])
@@ -74,9 +71,4 @@ def save_grid(recon: dict, path: str | Path) -> Path:
             axes[i, j].set_xticks([])
             axes[i, j].set_yticks([])
         axes[i, 0].set_ylabel(name, fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)

@@ -11,6 +11,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from fedsim.engine import Result  # noqa: E402
 
+def save_figure(fig, path: str | Path, dpi: int = 120) -> Path:
+    """Lay out, save as PNG (creating the folder) and close a figure."""
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
 ACCURACY_KEYS = ("global_acc", "average_acc", "nodes_acc")
 
 
@@ -40,12 +50,7 @@ def plot_runs(results: dict[str, Result], path: str | Path, title: str = "") -> 
         ax.legend()
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_roc(curves: dict, path: str | Path, title: str = "") -> Path:
@@ -57,9 +62,4 @@ def plot_roc(curves: dict, path: str | Path, title: str = "") -> Path:
     ax.set(xlabel="false positive rate", ylabel="true positive rate", title=title or "ROC")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
