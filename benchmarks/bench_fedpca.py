@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -69,15 +68,12 @@ def set_threads(threads: int) -> None:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    from _machine import cpu_description
+
+    cpu = cpu_description()
     import torch
 
-    return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}, "
+    return (f"{cpu}, torch {torch.__version__}, "
             f"{torch.get_num_threads()} torch thread(s), BLAS threads {os.environ.get('OPENBLAS_NUM_THREADS', 'default')}")
 
 

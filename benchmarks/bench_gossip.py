@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -91,16 +90,13 @@ def measure(n: int, threads: int, device: str, rounds: int, loop_rounds: int, lo
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    from _machine import cpu_description
+
+    cpu = cpu_description()
     import torch
 
     gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}{gpu}"
+    return f"{cpu}, torch {torch.__version__}{gpu}"
 
 
 def table(rows: list[dict]) -> str:

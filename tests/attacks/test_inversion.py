@@ -15,6 +15,16 @@ BOX = ((0 - MNIST_MEAN) / MNIST_STD, (1 - MNIST_MEAN) / MNIST_STD)
 needs_victims = pytest.mark.skipif(not (SHARED / "mnist" / "dia_mnist_128.npz").is_file(), reason="no victim set")
 
 
+def _victim(p: float):
+    """Victim 0 of the MNIST set, a seeded DropoutMLP(p) and the gradient it shares (train mode)."""
+    images, labels = load_victims("mnist", SHARED)
+    x, y = torch.tensor(normalize_mnist(images[:1])), torch.tensor(labels[:1])
+    torch.manual_seed(0)
+    model = DropoutMLP(p=p).train()
+    target = [g.detach() for g in torch.autograd.grad(F.cross_entropy(model(x), y), list(model.parameters()))]
+    return x, y, model, target
+
+
 def test_mask_regularizer_hand_computed():
     masks = [torch.tensor([[1.0, 0.0, 1.0, 1.0]]), torch.tensor([[0.5, 0.5]])]
     # dropped fractions 0.25 and 0.5 against rates 0.25 and 0.25 -> |0| + |0.25|
@@ -48,11 +58,7 @@ def test_ssim_psnr_hand_computed():
 
 @needs_victims
 def test_dia_clamps_masks_and_input_to_their_boxes():
-    images, labels = load_victims("mnist", SHARED)
-    x, y = torch.tensor(normalize_mnist(images[:1])), torch.tensor(labels[:1])
-    torch.manual_seed(0)
-    model = DropoutMLP(p=0.25).train()
-    target = [g.detach() for g in torch.autograd.grad(F.cross_entropy(model(x), y), list(model.parameters()))]
+    x, y, model, target = _victim(0.25)
     res = invert(model, target, y, x.shape, BOX, "dia", config=InversionConfig(max_iterations=20))
     assert res.iterations == 20 and len(res.masks) == 3
     assert all(float(m.min()) >= 0 and float(m.max()) <= 1 and m.shape == (1, 512) for m in res.masks)
@@ -61,11 +67,7 @@ def test_dia_clamps_masks_and_input_to_their_boxes():
 
 @needs_victims
 def test_ig_reconstructs_an_mnist_victim_on_the_mlp_without_dropout():
-    images, labels = load_victims("mnist", SHARED)
-    x, y = torch.tensor(normalize_mnist(images[:1])), torch.tensor(labels[:1])
-    torch.manual_seed(0)
-    model = DropoutMLP(p=0.0).train()
-    target = [g.detach() for g in torch.autograd.grad(F.cross_entropy(model(x), y), list(model.parameters()))]
+    x, y, model, target = _victim(0.0)
     res = invert(model, target, y, x.shape, BOX, "ig", config=InversionConfig(max_iterations=400))
     back = lambda z: z * MNIST_STD + MNIST_MEAN  # noqa: E731
     assert float(ssim(back(res.x), back(x))) > 0.9
@@ -74,13 +76,7 @@ def test_ig_reconstructs_an_mnist_victim_on_the_mlp_without_dropout():
 @needs_victims
 @pytest.mark.slow
 def test_dia_beats_ig_that_ignores_dropout():
-    from attacks.models import dropout_sites
-
-    images, labels = load_victims("mnist", SHARED)
-    x, y = torch.tensor(normalize_mnist(images[:1])), torch.tensor(labels[:1])
-    torch.manual_seed(0)
-    model = DropoutMLP(p=0.25).train()
-    target = [g.detach() for g in torch.autograd.grad(F.cross_entropy(model(x), y), list(model.parameters()))]
+    x, y, model, target = _victim(0.25)
     back = lambda z: z * MNIST_STD + MNIST_MEAN  # noqa: E731
     dia = invert(model, target, y, x.shape, BOX, "dia", config=InversionConfig(max_iterations=2500))
     ig = invert(model, target, y, x.shape, BOX, "ig", config=InversionConfig(max_iterations=1500))

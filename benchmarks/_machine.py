@@ -1,0 +1,17 @@
+"""The machine line printed by every benchmark."""
+
+from __future__ import annotations
+
+import os
+import platform
+
+
+def cpu_description() -> str:
+    """CPU model, core count and Python version."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
