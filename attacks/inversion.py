@@ -9,14 +9,20 @@ Loss (Geiping et al. 2020; Scheliga et al. 2023):
     + tv * TV(x) + sum_l mask_reg * |(1 - mean(m_l)) - p_l|     (the last term for DIA only)
 Adam over x (its gradient replaced by its sign) and the masks (raw gradients); x clamped to the box and masks
 to [0, 1] after each step; ReduceLROnPlateau; stop at loss < tol or after ``patience`` iterations without
-improvement; keep the lowest-loss x.
+improvement; keep the lowest-loss x. ``InversionConfig.restarts`` runs several independent trials and keeps the
+one with the lowest final loss (as Geiping's inversefed does).
+
+DLG (Zhu et al. 2019), ``dlg``: squared L2 distance between the gradients, L-BFGS over x (and, in the original
+form, over dummy label logits as well).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -36,15 +42,30 @@ class InversionConfig:
     plateau_patience: int = 800
     tol: float = 1e-5
     signed: bool = True
+    restarts: int = 1            # independent trials; the lowest final loss wins (1 = a single trial)
 
 
 @dataclass
 class InversionResult:
+    """What an attack returns. ``loss`` is the attack's own loss at ``x`` (the lowest it saw).
+
+    ``iterations`` and ``seconds`` cover all the work done (summed over trials when there are restarts, so
+    iterations / seconds stays a throughput); ``trial`` is the index of the winning trial, ``trial_losses`` and
+    ``trial_iterations`` hold every trial's final (best) loss and iteration count, in trial order.
+    ``diverged``: the optimiser produced a non-finite loss or input and was stopped (DLG's L-BFGS can).
+    ``label_logits``: DLG with soft labels: the dummy label logits that go with ``x`` (argmax = inferred label).
+    """
+
     x: torch.Tensor
     masks: list[torch.Tensor] | None
     loss: float
     iterations: int
     seconds: float
+    trial: int = 0
+    trial_losses: list[float] | None = None
+    trial_iterations: list[int] | None = None
+    diverged: bool = False
+    label_logits: torch.Tensor | None = None
 
 
 def cosine_distance(grads: list[torch.Tensor], target: list[torch.Tensor]) -> torch.Tensor:
@@ -53,6 +74,23 @@ def cosine_distance(grads: list[torch.Tensor], target: list[torch.Tensor]) -> to
     g_norm = torch.sqrt(sum((g * g).sum() for g in grads))
     t_norm = torch.sqrt(sum((t * t).sum() for t in target))
     return 1 - dot / (g_norm * t_norm + 1e-12)
+
+
+def gradient_distance(grads: list[torch.Tensor], target: list[torch.Tensor]) -> torch.Tensor:
+    """DLG's loss: sum over all parameters of the squared L2 distance ||g - g*||^2."""
+    return sum(((g - t) ** 2).sum() for g, t in zip(grads, target))
+
+
+def trial_seed(seed: int, trial: int) -> int:
+    """The seed of restart ``trial`` of an attack seeded with ``seed``.
+
+    Trial 0 uses ``seed`` itself, so one trial is exactly the attack without restarts. Later trials use a seed
+    derived from (seed, trial) by numpy's SeedSequence (the first 32-bit word of its state), so the trials of
+    seed 0 do not reuse the first trials of seeds 1, 2, ... as ``seed + trial`` would.
+    """
+    if trial == 0:
+        return seed
+    return int(np.random.SeedSequence(entropy=seed % 2**64, spawn_key=(trial,)).generate_state(1, np.uint32)[0])
 
 
 def total_variation(x: torch.Tensor) -> torch.Tensor:
@@ -77,11 +115,32 @@ def invert(model: nn.Module, target: list[torch.Tensor], labels: torch.Tensor, s
     """Reconstruct a batch of inputs of ``shape`` from the captured gradient ``target``.
 
     attack: "ig" (ignore dropout: eval-mode forward), "dia" (masks as unknowns), "informed" (the true masks).
+    With ``config.restarts`` = R > 1, R independent trials run, trial r seeded with ``trial_seed(seed, r)``
+    (trial 0 with ``seed``, so R = 1 is the single-trial attack); the trial with the lowest final loss is
+    returned, ties going to the earliest. ``iterations`` and ``seconds`` are summed over the trials;
+    ``trial``, ``trial_losses`` and ``trial_iterations`` say which trial won and how each one ended.
     """
     if attack not in ("ig", "dia", "informed"):
         raise ValueError(f"unknown attack {attack!r}; use 'ig', 'dia' or 'informed'")
     if attack == "informed" and true_masks is None:
         raise ValueError("the informed attack needs true_masks")
+    if config.restarts < 1:
+        raise ValueError(f"restarts must be at least 1, got {config.restarts}")
+    start = time.perf_counter()
+    trials = [_invert_trial(model, target, labels, shape, box, attack, true_masks, config, trial_seed(seed, r))
+              for r in range(config.restarts)]
+    losses = [t.loss for t in trials]
+    win = min(range(len(trials)), key=lambda r: (math.isnan(losses[r]), losses[r]))   # NaN never wins
+    best = trials[win]
+    return InversionResult(best.x, best.masks, best.loss, sum(t.iterations for t in trials),
+                           time.perf_counter() - start, trial=win, trial_losses=losses,
+                           trial_iterations=[t.iterations for t in trials])
+
+
+def _invert_trial(model: nn.Module, target: list[torch.Tensor], labels: torch.Tensor, shape: tuple[int, ...],
+                  box: tuple[float, float], attack: str, true_masks: list[torch.Tensor] | None,
+                  config: InversionConfig, seed: int) -> InversionResult:
+    """One trial of ``invert`` (arguments already checked)."""
     start = time.perf_counter()
     g = torch.Generator().manual_seed(seed)
     params = [p for p in model.parameters()]
@@ -140,3 +199,112 @@ def invert(model: nn.Module, target: list[torch.Tensor], labels: torch.Tensor, s
             break
     set_masks(model, None)
     return InversionResult(best_x, best_masks, best_loss, it, time.perf_counter() - start)
+
+
+class _Diverged(Exception):
+    """Raised inside DLG's closure when the loss is not finite (aborts the L-BFGS step)."""
+
+
+def dlg(model: nn.Module, target: list[torch.Tensor], labels: torch.Tensor | None, shape: tuple[int, ...],
+        box: tuple[float, float] | None = None, iterations: int = 300, lr: float = 1.0, history_size: int = 100,
+        seed: int = 0, soft_labels: bool = False, max_iter: int = 20, dropout: str = "ignore",
+        true_masks: list[torch.Tensor] | None = None) -> InversionResult:
+    """Deep Leakage from Gradients (Zhu et al. 2019): minimise ||grad_theta CE(f(x), y) - g*||^2 with L-BFGS.
+
+    x starts as N(0, 1) drawn from ``torch.Generator().manual_seed(seed)`` (in the dtype and device of the
+    model's parameters). ``iterations`` outer steps ``LBFGS.step(closure)``, each of up to ``max_iter`` L-BFGS
+    iterations (torch's default 20, as the original code); ``lr`` and ``history_size`` go to ``torch.optim.LBFGS``.
+
+    soft_labels: as the original DLG, also optimise dummy label logits (drawn N(0, 1) after x from the same
+    generator, shape [batch, classes]); the loss uses CE against softmax(logits) and ``labels`` is ignored (may be
+    None). Otherwise ``labels`` (class indices, e.g. from ``attacks.labels.idlg_label``) are used as given.
+
+    dropout: "ignore" (eval-mode forward, no masks: what a plain DLG attacker does), "informed" (train mode
+    with the victim's ``true_masks``), or "as_set" (leave the model's mode and masks as the caller set them;
+    beware that train-mode dropout without masks makes every evaluation random). The model's masks are cleared
+    and its train/eval mode restored afterwards.
+
+    box: if given, x starts clamped to it and is clamped after every outer step (L-BFGS's inner iterations
+    cannot be clamped, so only in-box points are kept). The lowest-loss x seen in any evaluation is returned,
+    with that loss (``loss`` is exactly the gradient distance at the returned x, with the returned label logits).
+    A non-finite loss or x (L-BFGS can diverge) stops the attack: the best x so far is kept, ``diverged`` is
+    set and ``iterations`` counts the outer steps completed before it.
+    """
+    if dropout not in ("ignore", "informed", "as_set"):
+        raise ValueError(f"unknown dropout handling {dropout!r}; use 'ignore', 'informed' or 'as_set'")
+    if dropout == "informed" and true_masks is None:
+        raise ValueError("dropout='informed' needs true_masks")
+    if not soft_labels and labels is None:
+        raise ValueError("labels are needed unless soft_labels=True")
+    start = time.perf_counter()
+    was_training = model.training
+    if dropout == "ignore":
+        set_masks(model, None)
+        model.eval()
+    elif dropout == "informed":
+        set_masks(model, true_masks)
+        model.train()
+    params = list(model.parameters())
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=g).to(params[0])
+    if box is not None:
+        x.clamp_(*box)
+    x.requires_grad_(True)
+    variables = [x]
+    logits = None
+    if soft_labels:
+        with torch.no_grad():
+            n_classes = model(x.detach()).shape[-1]
+        logits = torch.randn((shape[0], n_classes), generator=g).to(params[0]).requires_grad_(True)
+        variables.append(logits)
+
+    def distance(create_graph: bool) -> torch.Tensor:
+        y = F.softmax(logits, dim=-1) if soft_labels else labels
+        grads = torch.autograd.grad(F.cross_entropy(model(x), y), params, create_graph=create_graph)
+        return gradient_distance(list(grads), target)
+
+    best = {"loss": float("inf"), "x": x.detach().clone(),
+            "logits": None if logits is None else logits.detach().clone()}
+
+    def consider(value: float) -> None:
+        in_box = box is None or (float(x.detach().min()) >= box[0] and float(x.detach().max()) <= box[1])
+        if value < best["loss"] and in_box:
+            best.update(loss=value, x=x.detach().clone(), logits=None if logits is None else logits.detach().clone())
+
+    def closure() -> torch.Tensor:
+        loss = distance(create_graph=True)
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise _Diverged
+        # the gradient w.r.t. the unknowns only (loss.backward() would also fill the model's .grad)
+        for v, gv in zip(variables, torch.autograd.grad(loss, variables)):
+            v.grad = gv
+        consider(value)
+        return loss
+
+    opt = torch.optim.LBFGS(variables, lr=lr, max_iter=max_iter, history_size=history_size)
+    steps, diverged = 0, False
+    try:
+        for _ in range(iterations):
+            opt.step(closure)
+            if not all(bool(torch.isfinite(v).all()) for v in variables):
+                diverged = True
+                break
+            if box is not None:
+                with torch.no_grad():
+                    x.clamp_(*box)
+            steps += 1
+        if not diverged:                      # the point the last step ended on has not been evaluated yet
+            value = float(distance(create_graph=False).detach())
+            if math.isfinite(value):
+                consider(value)
+            else:
+                diverged = True
+    except _Diverged:
+        diverged = True
+    finally:
+        set_masks(model, None)
+        model.train(was_training)
+    return InversionResult(best["x"], None, best["loss"], steps, time.perf_counter() - start,
+                           trial_losses=[best["loss"]], trial_iterations=[steps], diverged=diverged,
+                           label_logits=best["logits"])
