@@ -1,20 +1,57 @@
-"""Run IG, DIA and informed IG against victims' gradients and compare them (used by ``fedsim attack``)."""
+"""Run IG, DIA and informed IG against victims' gradients and compare them (``fedsim attack``, experiments).
+
+Every victim shares the gradient of ONE image, computed in train mode (dropout active), on one public model
+(seeded init). The attacker gets the gradient, the model, the dropout rates, the input shape and the pixel box;
+labels come from iDLG. All victims of one attack are reconstructed together (``attacks.batched``).
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from attacks.inversion import InversionConfig, invert
+from attacks.batched import batched_invert
+from attacks.inversion import InversionConfig
 from attacks.labels import idlg_label
 from attacks.metrics import mse, psnr, ssim
-from attacks.models import DropoutMLP, dropout_sites
-from attacks.victims import MNIST_MEAN, MNIST_STD, load_victims, normalize_mnist
+from attacks.models import dropout_sites
+from attacks.victims import (CIFAR10_MEAN, CIFAR10_STD, MNIST_MEAN, MNIST_STD, load_victims, normalize_cifar10,
+                             normalize_mnist)
+from attacks.vision import build_attack_model
 
 ATTACKS = ("ig", "dia", "informed")
+
+
+@dataclass(frozen=True)
+class VictimSet:
+    """A victim image set: its input shape and per-channel normalisation."""
+
+    name: str
+    shape: tuple[int, int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def normalize(self, images: np.ndarray) -> torch.Tensor:
+        return torch.tensor(normalize_mnist(images) if self.name == "mnist" else normalize_cifar10(images))
+
+    def box(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-channel bounds of valid pixels in normalised space, [C, 1, 1] each."""
+        m, s = torch.tensor(self.mean)[:, None, None], torch.tensor(self.std)[:, None, None]
+        return (0 - m) / s, (1 - m) / s
+
+    def to_pixels(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised [..., C, H, W] -> [0, 1] pixels."""
+        m, s = torch.tensor(self.mean)[:, None, None], torch.tensor(self.std)[:, None, None]
+        return (x * s + m).clamp(0, 1)
+
+
+VICTIM_SETS = {"mnist": VictimSet("mnist", (1, 28, 28), (MNIST_MEAN,), (MNIST_STD,)),
+               "cifar10": VictimSet("cifar10", (3, 32, 32), tuple(CIFAR10_MEAN), tuple(CIFAR10_STD))}
 
 
 def victim_gradient(model, x, y):
@@ -30,31 +67,60 @@ def victim_gradient(model, x, y):
     return grads, masks
 
 
-def run_mnist_mlp(victims: list[int], attacks: tuple[str, ...], dropout: float, iterations: int, data_dir=None,
-                  seed: int = 0) -> tuple[list[dict], dict]:
-    """Attack each victim (one image per gradient) with each attack; returns rows and reconstructions."""
-    images, labels = load_victims("mnist", data_dir)
-    box = ((0 - MNIST_MEAN) / MNIST_STD, (1 - MNIST_MEAN) / MNIST_STD)
-    back = lambda z: (z * MNIST_STD + MNIST_MEAN).clamp(0, 1)  # noqa: E731
-    rows, recon = [], {"truth": []}
-    for v in victims:
-        x, y_true = torch.tensor(normalize_mnist(images[v:v + 1])), torch.tensor(labels[v:v + 1])
-        torch.manual_seed(seed)
-        model = DropoutMLP(p=dropout)
-        grads, masks = victim_gradient(model, x, y_true)
-        label = torch.tensor([idlg_label(grads[-1])])     # the attacker infers the label
-        recon["truth"].append(back(x)[0, 0])
-        for attack in attacks:
-            if attack == "informed" and masks is None:
-                continue
-            res = invert(model, grads, label, tuple(x.shape), box, attack, true_masks=masks,
-                         config=InversionConfig(max_iterations=iterations), seed=seed)
-            r, t = back(res.x), back(x)
-            rows.append({"victim": v, "attack": attack, "ssim": float(ssim(r, t)), "psnr": float(psnr(r, t)),
-                         "mse": float(mse(res.x, x)), "mse_01": float(mse(r, t)),
-                         "label_ok": int(label.item() == y_true.item()), "iterations": res.iterations,
-                         "seconds": res.seconds, "it_per_s": res.iterations / max(res.seconds, 1e-9)})
-            recon.setdefault(attack, []).append(r[0, 0])
+def last_linear_weight_index(model: nn.Module) -> int:
+    """Position in ``model.parameters()`` of the classifier's weight (the last nn.Linear), for iDLG."""
+    last = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+    return next(i for i, p in enumerate(model.parameters()) if p is last.weight)
+
+
+def run_attacks(victims: list[int], attacks: tuple[str, ...] = ATTACKS, model: str = "mlp", dataset: str = "mnist",
+                dropout: float = 0.25, config: InversionConfig = InversionConfig(), data_dir=None, seed: int = 0,
+                progress=None) -> tuple[list[dict], dict]:
+    """Attack each victim (one image per gradient) with each attack; returns rows and reconstructions.
+
+    All victims of an attack run as one batch; ``seconds`` of a row is that batch's wall time and
+    ``victim_it_per_s`` its throughput. ``progress(attack, iteration, active)`` is called every iteration.
+    """
+    if dataset not in VICTIM_SETS:
+        raise ValueError(f"unknown victim set {dataset!r}; known: {', '.join(VICTIM_SETS)}")
+    unknown = [a for a in attacks if a not in ATTACKS]
+    if unknown:
+        raise ValueError(f"unknown attack(s) {unknown}; known: {', '.join(ATTACKS)}")
+    vs = VICTIM_SETS[dataset]
+    images, labels = load_victims(dataset, data_dir)
+    if max(victims) >= len(images) or min(victims) < 0:
+        raise ValueError(f"victim ids must be in 0..{len(images) - 1}, got {victims}")
+    torch.manual_seed(seed)
+    net = build_attack_model(model, vs.shape, p=dropout)
+    xs = vs.normalize(images[victims])
+    ys = torch.tensor(labels[victims])
+    grads, masks, inferred = [], [], []
+    w = last_linear_weight_index(net)
+    for i in range(len(victims)):
+        g, m = victim_gradient(net, xs[i:i + 1], ys[i:i + 1])
+        grads.append(g)
+        masks.append(m)
+        inferred.append(idlg_label(g[w]))                   # the attacker infers the label
+    targets = [torch.stack(col) for col in zip(*grads)]
+    true_masks = [torch.stack(col) for col in zip(*masks)] if masks[0] is not None else None
+    label_t = torch.tensor(inferred)[:, None]
+    truth = vs.to_pixels(xs)
+    rows, recon = [], {"truth": list(truth)}
+    for attack in attacks:
+        if attack == "informed" and true_masks is None:
+            continue
+        cb = (lambda it, n, a=attack: progress(a, it, n)) if progress else None
+        res = batched_invert(net, targets, label_t, (1, *vs.shape), vs.box(), attack, true_masks=true_masks,
+                             config=config, seeds=[seed] * len(victims), progress=cb)
+        r = vs.to_pixels(res.x[:, 0])
+        s, p, m01, mn = ssim(r, truth), psnr(r, truth), mse(r, truth), mse(res.x[:, 0], xs)
+        throughput = float(res.iterations.sum()) / max(res.seconds, 1e-9)
+        for i, v in enumerate(victims):
+            rows.append({"victim": v, "attack": attack, "ssim": float(s[i]), "psnr": float(p[i]), "mse": float(mn[i]),
+                         "mse_01": float(m01[i]), "label_ok": int(inferred[i] == int(ys[i])),
+                         "iterations": int(res.iterations[i]), "loss": float(res.loss[i]),
+                         "seconds": res.seconds, "victim_it_per_s": throughput})
+        recon[attack] = list(r)
     return rows, recon
 
 
@@ -67,7 +133,10 @@ def save_grid(recon: dict, path: str | Path) -> Path:
     fig, axes = plt.subplots(len(names), cols, figsize=(1.4 * cols + 1, 1.5 * len(names)), squeeze=False)
     for i, name in enumerate(names):
         for j, img in enumerate(recon[name]):
-            axes[i, j].imshow(np.asarray(img), cmap="gray", vmin=0, vmax=1)
+            img = np.asarray(img)
+            if img.ndim == 3:                                   # [C, H, W]
+                img = img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0)
+            axes[i, j].imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1)
             axes[i, j].set_xticks([])
             axes[i, j].set_yticks([])
         axes[i, 0].set_ylabel(name, fontsize=9)
