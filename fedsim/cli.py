@@ -253,31 +253,53 @@ def cmd_attack(args) -> int:
 
     import torch
 
-    from attacks.experiment import ATTACKS, run_mnist_mlp, save_grid
+    from attacks.experiment import ATTACKS, VICTIM_SETS, run_attacks, save_grid
+    from attacks.inversion import InversionConfig
+    from attacks.vision import ATTACK_MODELS
     from fedsim.config import ConfigError
     from fedsim.engine import atomic_write_text
 
-    if args.model != "mlp" or args.dataset != "mnist":
-        raise ConfigError("only --model mlp --dataset mnist is implemented so far (issue 4 is in progress)")
-    attacks = ["ig", "dia", "informed"] if args.attack == "all" else [args.attack]
-    if args.victims < 1 or args.iterations < 1 or not 0 <= args.dropout < 1:
-        raise ConfigError("need --victims >= 1, --iterations >= 1 and 0 <= --dropout < 1")
+    if args.model not in ATTACK_MODELS:
+        raise ConfigError(f"unknown --model {args.model!r}; known: {', '.join(ATTACK_MODELS)}")
+    if args.dataset not in VICTIM_SETS:
+        raise ConfigError(f"unknown --dataset {args.dataset!r}; known: {', '.join(VICTIM_SETS)}")
+    attacks = list(ATTACKS) if args.attack == "all" else args.attack.split(",")
+    bad = [a for a in attacks if a not in ATTACKS]
+    if bad:
+        raise ConfigError(f"unknown attack {bad[0]!r}; known: all, {', '.join(ATTACKS)}")
+    if args.victims < 1 or args.victims > 128 or args.iterations < 1 or not 0 <= args.dropout < 1:
+        raise ConfigError("need 1 <= --victims <= 128, --iterations >= 1 and 0 <= --dropout < 1")
     torch.set_num_threads(args.threads)
-    if args.attack != "all" and args.attack not in ATTACKS:
-        raise ConfigError(f"unknown attack {args.attack!r}; known: all, {', '.join(ATTACKS)}")
-    print(f"  attacking {args.victims} victim(s) with {', '.join(attacks)} ...", file=sys.stderr, flush=True)
-    rows, recon = run_mnist_mlp(list(range(args.victims)), tuple(attacks), args.dropout, args.iterations,
-                                args.data_dir, args.seed)
+    print(f"  attacking {args.victims} victim(s) of {args.dataset} on {args.model} (p = {args.dropout}) with "
+          f"{', '.join(attacks)}, all victims batched ...", file=sys.stderr, flush=True)
+    bars = {}
+
+    def progress(attack, it, active):
+        if attack not in bars:
+            for bar in bars.values():
+                bar.close()
+            from tqdm import tqdm
+
+            bars[attack] = tqdm(total=args.iterations, desc=f"{attack:>8}", unit="it", disable=args.no_progress,
+                                leave=False, file=sys.stderr)
+        bars[attack].update(1)
+        bars[attack].set_postfix_str(f"{active} running", refresh=False)
+
+    rows, recon = run_attacks(list(range(args.victims)), tuple(attacks), args.model, args.dataset, args.dropout,
+                              InversionConfig(max_iterations=args.iterations), args.data_dir, args.seed, progress)
+    for bar in bars.values():
+        bar.close()
     summary = []
     for attack in attacks:
         mine = [r for r in rows if r["attack"] == attack]
         if mine:
             summary.append({"attack": attack, **{k: float(sum(r[k] for r in mine) / len(mine)) for k in
                                                  ("ssim", "psnr", "mse", "mse_01", "label_ok", "iterations",
-                                                  "it_per_s")}})
+                                                  "victim_it_per_s")}})
     out = Path(args.out)
-    print(f"\nMNIST, MLP 3 x 512, dropout p = {args.dropout}, {args.victims} victim(s), mean over victims\n")
-    table = format_table(summary, ["attack", "ssim", "psnr", "mse", "mse_01", "label_ok", "iterations", "it_per_s"])
+    print(f"\n{args.dataset}, {args.model}, dropout p = {args.dropout}, {args.victims} victim(s), mean over victims\n")
+    table = format_table(summary, ["attack", "ssim", "psnr", "mse", "mse_01", "label_ok", "iterations",
+                                   "victim_it_per_s"])
     print(table)
     atomic_write_text(out / "summary.txt", table + "\n")
     atomic_write_text(out / "results.json", json.dumps({"args": vars(args), "rows": rows}, indent=1, default=str))
@@ -373,16 +395,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("attack", help="gradient inversion (IG vs DIA vs informed IG) on victims' gradients",
                        description="Reconstruct victims' images from the gradient they share (train mode, dropout "
                                    "active); labels inferred with iDLG. Prints a table; saves an image grid.")
-    p.add_argument("--model", default="mlp", help="mlp (the DIA paper's 3 x 512 MLP)")
-    p.add_argument("--dataset", default="mnist", help="mnist (the 128-image victim set)")
+    p.add_argument("--model", default="mlp", help="mlp (the DIA paper's 3 x 512 MLP), vit (its small ViT), lenet, resnet")
+    p.add_argument("--dataset", default="mnist", help="mnist or cifar10 (the 128-image DIA victim sets)")
     p.add_argument("--dropout", type=float, default=0.25)
-    p.add_argument("--attack", default="all", help="all, ig, dia or informed")
+    p.add_argument("--attack", default="all", help="all, or a comma list of ig, dia, informed")
     p.add_argument("--victims", type=int, default=1, help="number of victims (images 0..N-1)")
     p.add_argument("--iterations", type=int, default=3000, help="iteration cap per attack (official: 20,000)")
     p.add_argument("--data-dir", help="folder holding mnist/dia_mnist_128.npz")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="results/attack")
+    p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_attack)
 
     p = sub.add_parser("topology", help="describe a topology (nodes, edges, degrees, spectral gap)",

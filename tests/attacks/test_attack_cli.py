@@ -10,7 +10,7 @@ SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 @pytest.mark.skipif(not (SHARED / "mnist" / "dia_mnist_128.npz").is_file(), reason="no victim set")
 def test_attack_command_prints_table_and_writes_grid(tmp_path, capsys):
-    rc = main(["attack", "--data-dir", str(SHARED), "--victims", "1", "--iterations", "150", "--out", str(tmp_path)])
+    rc = main(["attack", "--data-dir", str(SHARED), "--victims", "1", "--iterations", "150", "--no-progress", "--out", str(tmp_path)])
     assert rc == 0
     text = capsys.readouterr().out
     assert all(name in text for name in ("ig", "dia", "informed"))
@@ -21,6 +21,18 @@ def test_attack_command_prints_table_and_writes_grid(tmp_path, capsys):
     assert (tmp_path / "reconstructions.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_attack_command_rejects_unimplemented_models(tmp_path, capsys):
-    assert main(["attack", "--model", "vit", "--out", str(tmp_path)]) == 2
-    assert "only --model mlp" in capsys.readouterr().err
+def test_attack_command_rejects_unknown_models_and_attacks(tmp_path, capsys):
+    assert main(["attack", "--model", "vgg", "--out", str(tmp_path)]) == 2
+    assert "unknown --model 'vgg'" in capsys.readouterr().err
+    assert main(["attack", "--attack", "dlg2", "--out", str(tmp_path)]) == 2
+    assert "unknown attack 'dlg2'" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not (SHARED / "cifar10-sample" / "dia_cifar10_128.npz").is_file(), reason="no victim set")
+def test_attack_command_runs_other_models_on_cifar(tmp_path, capsys):
+    rc = main(["attack", "--model", "lenet", "--dataset", "cifar10", "--attack", "ig,informed", "--victims", "2",
+               "--iterations", "5", "--data-dir", str(SHARED), "--out", str(tmp_path), "--no-progress"])
+    assert rc == 0
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert sorted({r["attack"] for r in rows}) == ["ig", "informed"] and len(rows) == 4
+    assert all(r["iterations"] == 5 for r in rows)
