@@ -136,43 +136,99 @@ class _GramMatch:
 
 
 class _VmapMatch:
-    """Per-victim cosine distance for any model without cross-sample operations (torch.func, vmapped)."""
+    """Per-victim cosine distance for any model without cross-sample operations (torch.func, vmapped).
+
+    Inside each victim's function, nn.Linear weights use the closed form of ``_GramMatch`` (output gradients
+    from zero "probes" added to each Linear output, inputs returned as aux); only the other parameters
+    (embeddings, norms, convolutions, biases elsewhere) get materialised per-victim gradients.
+    """
 
     def __init__(self, model: nn.Module, targets: list[torch.Tensor]):
         self.model = model
-        self.names = [n for n, _ in model.named_parameters()]
-        self.params = {n: p.detach() for n, p in model.named_parameters()}
-        self.buffers = dict(model.named_buffers())
         self.sites = dropout_sites(model)
+        self.layers = [m for m in model.modules() if isinstance(m, nn.Linear)]
+        order = {id(p): i for i, p in enumerate(model.parameters())}
+        self.w_index = [order[id(m.weight)] for m in self.layers]
+        in_linear_weight = set(self.w_index)
+        named = list(model.named_parameters())
+        self.fixed = {n: p.detach() for i, (n, p) in enumerate(named) if i in in_linear_weight}
+        self.free_names = [n for i, (n, _) in enumerate(named) if i not in in_linear_weight]
+        self.free_index = [i for i in range(len(named)) if i not in in_linear_weight]
+        self.free = {n: dict(named)[n].detach() for n in self.free_names}
+        self.buffers = dict(model.named_buffers())
         self.targets = targets
+        self.t_norm = torch.sqrt(sum(t.flatten(1).pow(2).sum(1) for t in targets))
+        self._ctx: dict = {}
+        self._shapes: dict = {}
+        self._handles = [layer.register_forward_hook(self._hook) for layer in self.layers]
+
+    def close(self):
+        """Remove the probe hooks from the model."""
+        for h in self._handles:
+            h.remove()
+
+    def _hook(self, module, args, out):
+        ctx = self._ctx
+        if not ctx:
+            return None
+        ctx["inputs"].append(args[0])
+        return out + ctx["probes"][len(ctx["inputs"]) - 1]
 
     def select(self, idx: torch.Tensor) -> "_VmapMatch":
         out = object.__new__(_VmapMatch)
         out.__dict__.update(self.__dict__)
         out.targets = [t[idx] for t in self.targets]
+        out.t_norm = self.t_norm[idx]
         return out
 
-    def distance(self, x, labels, masks, targets):
-        def ce(params):
+    def distance(self, x, labels, masks, targets, t_norm, probe_shapes):
+        def ce(probes, free):
             for site, m in zip(self.sites, masks):
                 site.mask = m
+            self._ctx.update(inputs=[], probes=probes)
             try:
-                return F.cross_entropy(functional_call(self.model, (params, self.buffers), (x,)), labels)
+                out = functional_call(self.model, ({**self.fixed, **free}, self.buffers), (x,))
+                return F.cross_entropy(out, labels), list(self._ctx["inputs"])
             finally:
+                self._ctx.clear()
                 for site in self.sites:
                     site.mask = None
 
-        g = grad(ce)(self.params)
-        gs = [g[n] for n in self.names]
-        dot = sum((a * t).sum() for a, t in zip(gs, targets))
-        g_norm = torch.sqrt(sum((a * a).sum() for a in gs))
-        t_norm = torch.sqrt(sum((t * t).sum() for t in targets))
-        return 1 - dot / (g_norm * t_norm + 1e-12)
+        probes = [x.new_zeros(s) for s in probe_shapes]
+        (deltas, g_free), inputs = grad(ce, argnums=(0, 1), has_aux=True)(probes, self.free)
+        dot = sum((g_free[n] * targets[i]).sum() for n, i in zip(self.free_names, self.free_index))
+        sq = sum(g_free[n].pow(2).sum() for n in self.free_names)
+        for a, d, wi in zip(inputs, deltas, self.w_index):
+            a, d, T = a.reshape(-1, a.shape[-1]), d.reshape(-1, d.shape[-1]), targets[wi]
+            dot = dot + ((d @ T) * a).sum()
+            if a.shape[0] * (a.shape[1] + d.shape[1]) < a.shape[1] * d.shape[1]:
+                sq = sq + ((d @ d.T) * (a @ a.T)).sum()
+            else:
+                sq = sq + (d.T @ a).pow(2).sum()
+        return 1 - dot / (torch.sqrt(sq) * t_norm + 1e-12)
 
     def __call__(self, x, labels, masks):
-        n_masks = len(masks)
-        fn = lambda x, y, t, *m: self.distance(x, y, list(m), t)    # noqa: E731
-        return vmap(fn, in_dims=(0, 0, 0) + (0,) * n_masks)(x, labels, self.targets, *masks)
+        key = tuple(x.shape[1:])
+        if key not in self._shapes:
+            self._shapes[key] = self._linear_output_shapes(x[0], masks)
+        shapes = self._shapes[key]
+        fn = lambda x, y, t, tn, *m: self.distance(x, y, list(m), t, tn, shapes)    # noqa: E731
+        return vmap(fn, in_dims=(0, 0, 0, 0) + (0,) * len(masks))(x, labels, self.targets, self.t_norm, *masks)
+
+    def _linear_output_shapes(self, x, masks):
+        shapes = []
+        hooks = [m.register_forward_hook(lambda mod, a, o: shapes.append(o.shape)) for m in self.layers]
+        try:
+            with torch.no_grad():
+                for site, m in zip(self.sites, masks):
+                    site.mask = m[0]
+                self.model(x)
+        finally:
+            for h in hooks:
+                h.remove()
+            for site in self.sites:
+                site.mask = None
+        return shapes
 
 
 def _tv(x: torch.Tensor) -> torch.Tensor:
@@ -348,6 +404,8 @@ def batched_invert(model: nn.Module, targets: list[torch.Tensor], labels: torch.
             if progress is not None:
                 progress(it, len(active))
     finally:
+        if hasattr(match, "close"):
+            match.close()
         for site in sites:
             site.mask = None
         for p in params:
