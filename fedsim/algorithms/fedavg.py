@@ -66,7 +66,8 @@ class FedAvg:
         if not bool(ok.any()):
             return state, metrics
         weights = fed.data.counts[clients[ok]] if self.weighted else torch.ones(int(ok.sum()), device=fed.device)
-        return FedAvgState(aggregate(local[ok], weights)), metrics
+        # the server averages what arrived: taps may have changed the payload (e.g. a client-side defence)
+        return FedAvgState(aggregate(up.payload[up.src[ok]].to(local.device), weights)), metrics
 
     def models(self, state: FedAvgState) -> dict[str, torch.Tensor]:
         """Parameter rows to evaluate: the global model."""
