@@ -87,6 +87,9 @@ class LocalSGD:
             return
 
         def loss(row, x, y):
+            if model.training and any(getattr(m, "p", 0) > 0 for m in model.modules() if "Dropout" in type(m).__name__):
+                raise ValueError("batched local training cannot draw dropout masks inside vmap; train models with "
+                                 "active dropout with vectorized=False (the per-client loop), or call model.eval()")
             z = functional_call(model, spec.unflatten(row), (x,))
             return (torch.logsumexp(z, -1) - z.gather(-1, y[:, None])[:, 0]).mean()  # cross-entropy
 

@@ -45,3 +45,14 @@ def test_batches_come_from_each_clients_own_data(small_fed):
     for c in range(8):
         own = set(small_fed.data.index[c, : small_fed.data.counts[c]].tolist())
         assert set(idx[c].flatten().tolist()) <= own
+
+
+def test_batched_training_of_a_dropout_model_names_the_problem(small_fed):
+    from torch import nn
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.Dropout(0.5), nn.Linear(16, 10)).train()
+    params = init_population(model, torch.arange(2), Streams(1), shared=False)
+    with pytest.raises(ValueError, match="vectorized=False"):
+        LocalSGD(model, lr=0.1).train(params, torch.arange(2), 0, small_fed.data, small_fed.streams)
+    out, _ = LocalSGD(model, lr=0.1).train_loop(params, torch.arange(2), 0, small_fed.data, small_fed.streams)
+    assert torch.isfinite(out).all()
