@@ -130,14 +130,18 @@ def attack_victims(model, grads_list, labels_list, shape, box, attack, iteration
 
     ``model`` holds the weights the gradients were taken at; ``grads_list[i]`` is a list of tensors in
     ``model.parameters()`` order, ``labels_list[i]`` the labels the attacker uses, ``shape`` the batch shape
-    ``[B, 1, 28, 28]`` and ``box`` the valid pixel range in normalised space. The one place to swap in a batched
-    attack engine.
+    ``[B, 1, 28, 28]`` and ``box`` the valid pixel range in normalised space. All victims run as one batch
+    (``attacks.batched``); victim i starts where ``invert(..., seed=seed)`` would.
     """
-    from attacks.inversion import InversionConfig, invert
+    from attacks.batched import batched_invert
+    from attacks.inversion import InversionConfig, InversionResult
 
     config = InversionConfig(max_iterations=iterations)
-    return [invert(model, grads, labels, tuple(shape), box, attack, config=config, seed=seed)
-            for grads, labels in zip(grads_list, labels_list)]
+    targets = [torch.stack(col) for col in zip(*grads_list)]
+    res = batched_invert(model, targets, torch.stack(list(labels_list)), tuple(shape), box, attack, config=config,
+                         seeds=[seed] * len(grads_list))
+    return [InversionResult(res.x[i], None, float(res.loss[i]), int(res.iterations[i]), res.seconds / len(grads_list))
+            for i in range(len(grads_list))]
 
 
 def matched_quality(recon01: torch.Tensor, truth01: torch.Tensor) -> tuple[float, float, list[int]]:
