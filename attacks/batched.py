@@ -81,15 +81,59 @@ def initial_state(model, shape, attack, seeds, like):
     return x, ([torch.stack(m).to(like) for m in masks] if attack == "dia" else None)
 
 
+def _linear_terms(a: torch.Tensor, d: torch.Tensor, T: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """<sum_j d_j a_j^T, T> and ||sum_j d_j a_j^T||^2 for a [rows, in], d [rows, out], T [out, in]
+    (or all three with a leading victim dimension)."""
+    dot = ((d @ T) * a).sum((-2, -1))
+    rows, n_in, n_out = a.shape[-2], a.shape[-1], d.shape[-1]
+    if rows * (n_in + n_out) < n_in * n_out:                 # Gram matrices are cheaper than the gradient
+        sq = ((d @ d.mT) * (a @ a.mT)).sum((-2, -1)).clamp_min(0)
+    else:
+        sq = (d.mT @ a).pow(2).sum((-2, -1))
+    return dot, sq
+
+
+class _LinearTaps:
+    """Forward hooks on every nn.Linear that record (input, output) per module, in registration order.
+
+    ``probes`` (one per module, or None) are added to the outputs, so the gradient of the loss with respect
+    to a probe is that layer's output gradient. A layer run twice in one forward pass is refused: its weight
+    gradient would be a sum over both calls, which the closed form here does not handle.
+    """
+
+    def __init__(self, model: nn.Module):
+        self.layers = [m for m in model.modules() if isinstance(m, nn.Linear)]
+        self.record: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None
+        self.probes: list[torch.Tensor] | None = None
+        self._handles = [m.register_forward_hook(self._hook(i)) for i, m in enumerate(self.layers)]
+
+    def _hook(self, i):
+        def hook(module, args, out):
+            if self.record is None:
+                return None
+            if i in self.record:
+                raise ValueError(f"nn.Linear layer {i} ({module}) runs more than once per forward pass; the batched "
+                                 "attack needs every Linear layer used at most once (use attacks.inversion.invert)")
+            if self.probes is not None:
+                out = out + self.probes[i]
+            self.record[i] = (args[0], out)
+            return out
+        return hook
+
+    def close(self):
+        for h in self._handles:
+            h.remove()
+
+
 class _GramMatch:
     """Per-victim cosine distance for Linear-only models, without materialising per-victim gradients."""
 
     def __init__(self, model: nn.Module, targets: list[torch.Tensor]):
         self.model = model
-        self.layers = [m for m in model.modules() if isinstance(m, nn.Linear)]
+        self.taps = _LinearTaps(model)
         order = {id(p): i for i, p in enumerate(model.parameters())}
-        self.w_index = [order[id(m.weight)] for m in self.layers]
-        self.b_index = [order[id(m.bias)] if m.bias is not None else None for m in self.layers]
+        self.w_index = [order[id(m.weight)] for m in self.taps.layers]
+        self.b_index = [order[id(m.bias)] if m.bias is not None else None for m in self.taps.layers]
         self.targets = targets                                  # per parameter: [V, *param shape]
         self.t_norm = torch.sqrt(sum(t.flatten(1).pow(2).sum(1) for t in targets))
 
@@ -100,37 +144,31 @@ class _GramMatch:
         out.t_norm = self.t_norm[idx]
         return out
 
+    def close(self):
+        self.taps.close()
+
     def __call__(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         V, b = x.shape[:2]
-        inputs, outputs = [], []
-
-        def hook(module, args, out):
-            inputs.append(args[0])
-            outputs.append(out)
-
-        hooks = [m.register_forward_hook(hook) for m in self.layers]
+        self.taps.record = {}
         try:
             logits = self.model(x.reshape(V * b, *x.shape[2:]))
+            record = self.taps.record
         finally:
-            for h in hooks:
-                h.remove()
+            self.taps.record = None
+        used = sorted(record)                                   # unused layers have zero gradient: no terms
         ce = F.cross_entropy(logits, labels.reshape(-1), reduction="none").reshape(V, b).mean(1).sum()
-        deltas = torch.autograd.grad(ce, outputs, create_graph=True)
+        deltas = torch.autograd.grad(ce, [record[i][1] for i in used], create_graph=True)
         dot = x.new_zeros(V)
         sq = x.new_zeros(V)
-        for layer, a, d, wi, bi in zip(self.layers, inputs, deltas, self.w_index, self.b_index):
+        for i, d in zip(used, deltas):
+            a = record[i][0]
             a = a.reshape(V, -1, a.shape[-1])                    # [V, b * tokens, in]
             d = d.reshape(V, -1, d.shape[-1])                    # [V, b * tokens, out]
-            T = self.targets[wi]                                 # [V, out, in]
-            dot = dot + (torch.bmm(d, T) * a).sum((1, 2))
-            rows, (n_out, n_in) = a.shape[1], T.shape[1:]
-            if rows * (n_in + n_out) < n_in * n_out:             # Gram matrices are cheaper than the gradient
-                sq = sq + (torch.bmm(d, d.mT) * torch.bmm(a, a.mT)).sum((1, 2))
-            else:
-                sq = sq + torch.bmm(d.mT, a).pow(2).sum((1, 2))
-            if bi is not None:
+            dd, ss = _linear_terms(a, d, self.targets[self.w_index[i]])
+            dot, sq = dot + dd, sq + ss
+            if self.b_index[i] is not None:
                 gb = d.sum(1)
-                dot = dot + (gb * self.targets[bi]).sum(1)
+                dot = dot + (gb * self.targets[self.b_index[i]]).sum(1)
                 sq = sq + gb.pow(2).sum(1)
         return 1 - dot / (torch.sqrt(sq) * self.t_norm + 1e-12)
 
@@ -140,39 +178,32 @@ class _VmapMatch:
 
     Inside each victim's function, nn.Linear weights use the closed form of ``_GramMatch`` (output gradients
     from zero "probes" added to each Linear output, inputs returned as aux); only the other parameters
-    (embeddings, norms, convolutions, biases elsewhere) get materialised per-victim gradients.
+    (embeddings, norms, convolutions, biases) get materialised per-victim gradients.
     """
 
     def __init__(self, model: nn.Module, targets: list[torch.Tensor]):
+        fused = [n for n, m in model.named_modules() if isinstance(m, nn.LayerNorm) and
+                 type(m).forward is nn.LayerNorm.forward]
+        if fused:
+            raise ValueError(f"nn.LayerNorm ({', '.join(fused)}) gives wrong second derivatives under vmap in this "
+                             "torch version; use attacks.vision.LayerNorm (same parameters) or attacks.inversion.invert")
         self.model = model
         self.sites = dropout_sites(model)
-        self.layers = [m for m in model.modules() if isinstance(m, nn.Linear)]
+        self.taps = _LinearTaps(model)
         order = {id(p): i for i, p in enumerate(model.parameters())}
-        self.w_index = [order[id(m.weight)] for m in self.layers]
-        in_linear_weight = set(self.w_index)
+        self.w_index = [order[id(m.weight)] for m in self.taps.layers]
+        weights = set(self.w_index)
         named = list(model.named_parameters())
-        self.fixed = {n: p.detach() for i, (n, p) in enumerate(named) if i in in_linear_weight}
-        self.free_names = [n for i, (n, _) in enumerate(named) if i not in in_linear_weight]
-        self.free_index = [i for i in range(len(named)) if i not in in_linear_weight]
-        self.free = {n: dict(named)[n].detach() for n in self.free_names}
+        self.fixed = {n: p.detach() for i, (n, p) in enumerate(named) if i in weights}
+        self.free_index = [i for i in range(len(named)) if i not in weights]
+        self.free = {named[i][0]: named[i][1].detach() for i in self.free_index}
         self.buffers = dict(model.named_buffers())
         self.targets = targets
         self.t_norm = torch.sqrt(sum(t.flatten(1).pow(2).sum(1) for t in targets))
-        self._ctx: dict = {}
         self._shapes: dict = {}
-        self._handles = [layer.register_forward_hook(self._hook) for layer in self.layers]
 
     def close(self):
-        """Remove the probe hooks from the model."""
-        for h in self._handles:
-            h.remove()
-
-    def _hook(self, module, args, out):
-        ctx = self._ctx
-        if not ctx:
-            return None
-        ctx["inputs"].append(args[0])
-        return out + ctx["probes"][len(ctx["inputs"]) - 1]
+        self.taps.close()
 
     def select(self, idx: torch.Tensor) -> "_VmapMatch":
         out = object.__new__(_VmapMatch)
@@ -181,30 +212,32 @@ class _VmapMatch:
         out.t_norm = self.t_norm[idx]
         return out
 
-    def distance(self, x, labels, masks, targets, t_norm, probe_shapes):
+    def distance(self, x, labels, masks, targets, t_norm, shapes):
+        used = sorted(shapes)
+
         def ce(probes, free):
             for site, m in zip(self.sites, masks):
                 site.mask = m
-            self._ctx.update(inputs=[], probes=probes)
+            full = [None] * len(self.taps.layers)
+            for i, p in zip(used, probes):
+                full[i] = p
+            self.taps.record, self.taps.probes = {}, full
             try:
                 out = functional_call(self.model, ({**self.fixed, **free}, self.buffers), (x,))
-                return F.cross_entropy(out, labels), list(self._ctx["inputs"])
+                return F.cross_entropy(out, labels), [self.taps.record[i][0] for i in used]
             finally:
-                self._ctx.clear()
+                self.taps.record, self.taps.probes = None, None
                 for site in self.sites:
                     site.mask = None
 
-        probes = [x.new_zeros(s) for s in probe_shapes]
+        probes = [x.new_zeros(shapes[i]) for i in used]
         (deltas, g_free), inputs = grad(ce, argnums=(0, 1), has_aux=True)(probes, self.free)
-        dot = sum((g_free[n] * targets[i]).sum() for n, i in zip(self.free_names, self.free_index))
-        sq = sum(g_free[n].pow(2).sum() for n in self.free_names)
-        for a, d, wi in zip(inputs, deltas, self.w_index):
-            a, d, T = a.reshape(-1, a.shape[-1]), d.reshape(-1, d.shape[-1]), targets[wi]
-            dot = dot + ((d @ T) * a).sum()
-            if a.shape[0] * (a.shape[1] + d.shape[1]) < a.shape[1] * d.shape[1]:
-                sq = sq + ((d @ d.T) * (a @ a.T)).sum()
-            else:
-                sq = sq + (d.T @ a).pow(2).sum()
+        names = list(self.free)
+        dot = sum((g_free[n] * targets[i]).sum() for n, i in zip(names, self.free_index))
+        sq = sum(g_free[n].pow(2).sum() for n in names)
+        for i, a, d in zip(used, inputs, deltas):
+            dd, ss = _linear_terms(a.reshape(-1, a.shape[-1]), d.reshape(-1, d.shape[-1]), targets[self.w_index[i]])
+            dot, sq = dot + dd, sq + ss
         return 1 - dot / (torch.sqrt(sq) * t_norm + 1e-12)
 
     def __call__(self, x, labels, masks):
@@ -215,20 +248,19 @@ class _VmapMatch:
         fn = lambda x, y, t, tn, *m: self.distance(x, y, list(m), t, tn, shapes)    # noqa: E731
         return vmap(fn, in_dims=(0, 0, 0, 0) + (0,) * len(masks))(x, labels, self.targets, self.t_norm, *masks)
 
-    def _linear_output_shapes(self, x, masks):
-        shapes = []
-        hooks = [m.register_forward_hook(lambda mod, a, o: shapes.append(o.shape)) for m in self.layers]
+    def _linear_output_shapes(self, x, masks) -> dict[int, torch.Size]:
+        """Output shape of each Linear layer the forward pass uses (by registration index)."""
+        self.taps.record = {}
         try:
             with torch.no_grad():
                 for site, m in zip(self.sites, masks):
                     site.mask = m[0]
                 self.model(x)
+            return {i: out.shape for i, (_, out) in self.taps.record.items()}
         finally:
-            for h in hooks:
-                h.remove()
+            self.taps.record = None
             for site in self.sites:
                 site.mask = None
-        return shapes
 
 
 def _tv(x: torch.Tensor) -> torch.Tensor:
@@ -252,14 +284,15 @@ class _Adam:
         self.lr = self.lr[idx]
 
     @torch.no_grad()
-    def step(self, tensors: list[torch.Tensor], grads: list[torch.Tensor]):
+    def step(self, tensors: list[torch.Tensor], grads: list[torch.Tensor], running: torch.Tensor):
+        """One Adam step; rows where ``running`` is False (finished victims) do not move."""
         self.t += 1
         b1, b2 = self.betas
         bc1, bc2_sqrt = 1 - b1 ** self.t, math.sqrt(1 - b2 ** self.t)
         for p, g, m, v in zip(tensors, grads, self.m, self.v):
             m.lerp_(g, 1 - b1)
             v.mul_(b2).addcmul_(g, g, value=1 - b2)
-            step = (self.lr / bc1).reshape(-1, *([1] * (p.ndim - 1))).to(p.dtype)
+            step = (self.lr / bc1 * running).reshape(-1, *([1] * (p.ndim - 1))).to(p.dtype)
             p.sub_(step * (m / (v.sqrt() / bc2_sqrt).add_(self.eps)))
 
 
@@ -284,131 +317,170 @@ class _Plateau:
         return new
 
 
-def batched_invert(model: nn.Module, targets: list[torch.Tensor], labels: torch.Tensor, shape: tuple[int, ...],
-                   box: tuple[float, float], attack: str = "ig", true_masks: list[torch.Tensor] | None = None,
-                   config: InversionConfig = InversionConfig(), seeds=None, backend: str = "auto",
-                   progress=None) -> BatchedResult:
-    """Reconstruct V victims at once.
-
-    targets: per parameter (``model.parameters()`` order) a [V, *param shape] tensor of captured gradients;
-    labels: [V, b]; shape: one victim's input batch (b, C, H, W); true_masks (informed): per site [V, b, ...];
-    seeds: per victim (default 0..V-1), victim v starts where ``invert(..., seed=seeds[v])`` starts.
-    backend: "gram", "vmap" or "auto" (gram when every parameter is in an nn.Linear layer).
-    ``progress(iteration, n_active)`` is called every iteration if given.
-    """
-    if attack not in ATTACKS:
-        raise ValueError(f"unknown attack {attack!r}; use one of {', '.join(ATTACKS)}")
-    if attack == "informed" and true_masks is None:
-        raise ValueError("the informed attack needs true_masks")
-    if getattr(config, "restarts", 1) != 1:
-        raise ValueError("batched_invert runs one trial per victim; pass restarts as extra victims (more seeds)")
+def _check_inputs(model, targets, labels, shape, box, attack, true_masks, V, like):
+    """Named errors for inputs the attack cannot use."""
     params = list(model.parameters())
-    V = labels.shape[0]
     if labels.ndim != 2 or labels.shape[1] != shape[0]:
         raise ValueError(f"labels must be [victims, {shape[0]}], got {tuple(labels.shape)}")
     if len(targets) != len(params) or any(t.shape != (V, *p.shape) for t, p in zip(targets, params)):
         raise ValueError("targets must hold, per model parameter, a [victims, *parameter shape] tensor")
+    for t in targets:
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError("the captured gradient (targets) contains NaN or inf entries")
+    norms = sum(t.flatten(1).double().pow(2).sum(1) for t in targets)
+    if bool((norms == 0).any()):
+        raise ValueError(f"the captured gradient of victim(s) {torch.nonzero(norms == 0).flatten().tolist()} is all "
+                         "zeros: the cosine loss is undefined")
+    lo, hi = (torch.as_tensor(b, dtype=torch.float64) for b in box)
+    if bool((lo >= hi).any()):
+        raise ValueError(f"the pixel box needs lo < hi, got {box}")
+    try:
+        with torch.no_grad():
+            was = model.training
+            model.eval()
+            out = model(torch.zeros(shape, dtype=like.dtype, device=like.device))
+            model.train(was)
+    except RuntimeError as e:
+        raise ValueError(f"the model cannot take an input batch of shape {tuple(shape)}: {e}") from None
+    n_classes = out.shape[-1]
+    if bool((labels < 0).any()) or bool((labels >= n_classes).any()):
+        raise ValueError(f"labels must be in 0..{n_classes - 1}, got values {labels.unique().tolist()}")
+    sites = dropout_sites(model)
+    if attack == "informed" and true_masks is not None:
+        act = _activation_shapes(model, shape, like)
+        if len(true_masks) != len(sites) or any(tuple(m.shape) != (V, *a) for m, a in zip(true_masks, act)):
+            raise ValueError(f"true_masks must hold one [victims, *activation shape] tensor per dropout site "
+                             f"({len(sites)} sites: {[(V, *a) for a in act]}), got "
+                             f"{[tuple(m.shape) for m in true_masks]}")
+
+
+def batched_invert(model: nn.Module, targets: list[torch.Tensor], labels: torch.Tensor, shape: tuple[int, ...],
+                   box: tuple, attack: str = "ig", true_masks: list[torch.Tensor] | None = None,
+                   config: InversionConfig = InversionConfig(), seeds=None, backend: str = "auto",
+                   progress=None, check_every: int | None = None) -> BatchedResult:
+    """Reconstruct V victims at once.
+
+    targets: per parameter (``model.parameters()`` order) a [V, *param shape] tensor of captured gradients;
+    labels: [V, b]; shape: one victim's input batch (b, C, H, W); box: (lo, hi) scalars or [C, 1, 1] tensors;
+    true_masks (informed): per dropout site a [V, b, ...] tensor; seeds: per victim (default 0..V-1), victim v
+    starts where ``invert(..., seed=seeds[v])`` starts. When every dropout rate is 0, "dia" and "informed"
+    are IG (as in the official code). backend: "gram", "vmap" or "auto" (gram when every parameter is in an
+    nn.Linear layer). Finished victims are frozen at once and leave the batch every ``check_every``
+    iterations (default 1 on CPU, 25 on CUDA, where checking costs a device sync); results do not depend on it.
+    ``progress(iteration, n_active)`` is called every iteration if given.
+    """
+    if attack not in ATTACKS:
+        raise ValueError(f"unknown attack {attack!r}; use one of {', '.join(ATTACKS)}")
+    sites = dropout_sites(model)
+    if all(s.p == 0 for s in sites):
+        attack = "ig"                                           # no dropout: nothing to invert but x
+    if attack == "informed" and true_masks is None:
+        raise ValueError("the informed attack needs true_masks")
+    if getattr(config, "restarts", 1) != 1:
+        raise ValueError("batched_invert runs one trial per victim; pass restarts as extra victims (more seeds)")
     if backend == "auto":
         backend = "gram" if gram_compatible(model) else "vmap"
     if backend == "gram" and not gram_compatible(model):
         raise ValueError("the gram backend needs a model whose parameters are all in nn.Linear layers")
     if backend not in ("gram", "vmap"):
         raise ValueError(f"unknown backend {backend!r}; use auto, gram or vmap")
+    params = list(model.parameters())
+    like = params[0].detach()
+    V = labels.shape[0]
+    _check_inputs(model, targets, labels, shape, box, attack, true_masks, V, like)
     seeds = list(range(V)) if seeds is None else list(seeds)
     if len(seeds) != V:
         raise ValueError(f"{len(seeds)} seeds for {V} victims")
+    device = like.device
+    check_every = check_every or (1 if device.type == "cpu" else 25)
 
     start = time.perf_counter()
-    like = params[0].detach()
-    sites = dropout_sites(model)
+    box = tuple(torch.as_tensor(b, dtype=like.dtype, device=device) for b in box)
     ps = [s.p for s in sites]
     x, masks = initial_state(model, shape, attack, seeds, like)
-    use_masks = masks if attack == "dia" else (true_masks if attack == "informed" else None)
+    fixed = [m.detach().to(like) for m in true_masks] if attack == "informed" else None
     match = (_GramMatch if backend == "gram" else _VmapMatch)(model, [t.detach().to(like) for t in targets])
-    was_training = model.training
+    was_training, grad_flags = model.training, [p.requires_grad for p in params]
     model.train(attack != "ig")
     for p in params:
         p.requires_grad_(backend == "gram")                     # vmap differentiates a detached copy
 
     variables = [x] + (masks or [])
-    lr = torch.full((V,), config.lr, dtype=torch.float64, device=like.device)
-    adam = _Adam(variables, lr)
-    plateau = _Plateau(V, 0.1, config.plateau_patience, like.device)
-    active = torch.arange(V, device=like.device)
-    labels_a, fixed_a = labels.to(like.device), use_masks if attack == "informed" else None
-    best_loss = torch.full((V,), math.inf, dtype=torch.float64, device=like.device)
+    adam = _Adam(variables, torch.full((V,), config.lr, dtype=torch.float64, device=device))
+    plateau = _Plateau(V, 0.1, config.plateau_patience, device)
+    active = torch.arange(V, device=device)                     # original ids of the rows still in the batch
+    labels_a = labels.to(device)
+    running = torch.ones(V, dtype=torch.bool, device=device)    # rows not yet finished
+    best_loss = torch.full((V,), math.inf, dtype=torch.float64, device=device)
     best_x = x.detach().clone()
     best_masks = [m.detach().clone() for m in masks] if masks is not None else None
-    since = torch.zeros(V, dtype=torch.int64, device=like.device)
-    iterations = torch.zeros(V, dtype=torch.int64)
-    # full-size result buffers, indexed by original victim id
-    out_loss, out_x = best_loss.clone(), best_x.clone()
+    since = torch.zeros(V, dtype=torch.int64, device=device)
+    iters = torch.zeros(V, dtype=torch.int64, device=device)
+    out_loss, out_x, out_iter = best_loss.clone(), best_x.clone(), iters.clone()
     out_masks = [m.clone() for m in best_masks] if best_masks is not None else None
+    expand = lambda t, ref: t.reshape(-1, *([1] * (ref.ndim - 1)))  # noqa: E731
 
     try:
         for it in range(1, config.max_iterations + 1):
             leaves = [v.detach().requires_grad_(True) for v in variables]
             xv, mv = leaves[0], leaves[1:]
-            cur_masks = mv if attack == "dia" else (fixed_a or [])
+            cur_masks = mv if attack == "dia" else (fixed or [])
             if backend == "gram":
-                if cur_masks:
-                    for site, m in zip(sites, cur_masks):
-                        site.mask = m.reshape(-1, *m.shape[2:])
+                for site, m in zip(sites, cur_masks):
+                    site.mask = m.reshape(-1, *m.shape[2:])
                 loss = match(xv, labels_a)
             else:
                 loss = match(xv, labels_a, list(cur_masks))
             loss = loss + config.tv * _tv(xv)
             if attack == "dia":
                 loss = loss + config.mask_reg * sum(((1 - m.flatten(1).mean(1)) - p).abs() for m, p in zip(mv, ps))
-            grads = torch.autograd.grad(loss.sum(), leaves)
-            grads = list(grads)
+            grads = list(torch.autograd.grad(loss.sum(), leaves))
             if config.signed:
                 grads[0] = grads[0].sign()
-            adam.step(variables, grads)
+            adam.step(variables, grads, running)
             with torch.no_grad():
                 variables[0].clamp_(*box)
                 for m in variables[1:]:
                     m.clamp_(0, 1)
             value = loss.detach().double()
             adam.lr = plateau.step(value, adam.lr)
-            improved = value < best_loss
+            improved = (value < best_loss) & running
             best_loss = torch.where(improved, value, best_loss)
-            since = torch.where(improved, 0, since + 1)
+            since = torch.where(improved, 0, since + running.long())
+            iters = torch.where(running, it, iters)
             with torch.no_grad():
-                sel = improved.reshape(-1, *([1] * (x.ndim - 1)))
-                best_x = torch.where(sel, variables[0], best_x)
+                best_x = torch.where(expand(improved, x), variables[0], best_x)
                 if best_masks is not None:
-                    best_masks = [torch.where(improved.reshape(-1, *([1] * (m.ndim - 1))), m, bm)
-                                  for m, bm in zip(variables[1:], best_masks)]
-            iterations[active.cpu()] = it
-            done = (best_loss < config.tol) | (since >= config.patience)
-            if it == config.max_iterations:
-                done = torch.ones_like(done)
-            if bool(done.any()):
-                ids = active[done]
-                out_loss[ids], out_x[ids] = best_loss[done], best_x[done]
-                if best_masks is not None:
-                    for om, bm in zip(out_masks, best_masks):
-                        om[ids] = bm[done]
-                keep = ~done
-                if not bool(keep.any()):
-                    break
-                active, best_loss, best_x, since = active[keep], best_loss[keep], best_x[keep], since[keep]
-                variables = [v[keep] for v in variables]
-                best_masks = [bm[keep] for bm in best_masks] if best_masks is not None else None
-                adam.select(keep)
-                plateau.select(keep)
-                labels_a = labels_a[keep]
-                fixed_a = [m[keep] for m in fixed_a] if fixed_a is not None else None
-                match = match.select(keep)
+                    best_masks = [torch.where(expand(improved, m), m, bm) for m, bm in zip(variables[1:], best_masks)]
+            finished = (best_loss < config.tol) | (since >= config.patience)
+            running = running & ~finished if it < config.max_iterations else torch.zeros_like(running)
+            if it % check_every == 0 or it == config.max_iterations:
+                done = ~running
+                if bool(done.any()):
+                    ids = active[done]
+                    out_loss[ids], out_x[ids], out_iter[ids] = best_loss[done], best_x[done], iters[done]
+                    if best_masks is not None:
+                        for om, bm in zip(out_masks, best_masks):
+                            om[ids] = bm[done]
+                    keep = running
+                    if not bool(keep.any()):
+                        break
+                    active, best_loss, best_x, since, iters = (t[keep] for t in (active, best_loss, best_x, since, iters))
+                    running = running[keep]
+                    variables = [v[keep] for v in variables]
+                    best_masks = [bm[keep] for bm in best_masks] if best_masks is not None else None
+                    adam.select(keep)
+                    plateau.select(keep)
+                    labels_a = labels_a[keep]
+                    fixed = [m[keep] for m in fixed] if fixed is not None else None
+                    match = match.select(keep)
             if progress is not None:
                 progress(it, len(active))
     finally:
-        if hasattr(match, "close"):
-            match.close()
+        match.close()
         for site in sites:
             site.mask = None
-        for p in params:
-            p.requires_grad_(True)
+        for p, flag in zip(params, grad_flags):
+            p.requires_grad_(flag)
         model.train(was_training)
-    return BatchedResult(out_x, out_masks, out_loss, iterations, time.perf_counter() - start)
+    return BatchedResult(out_x, out_masks, out_loss, out_iter.cpu(), time.perf_counter() - start)

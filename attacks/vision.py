@@ -53,12 +53,26 @@ class PatchFlatten(nn.Module):
         return x.reshape(b, h * w, self.ph * self.pw * c)
 
 
+class LayerNorm(nn.LayerNorm):
+    """nn.LayerNorm over the last dimension, written out with elementary ops (same parameters, same values).
+
+    torch 2.13's vmap rule for the double backward of the fused layer-norm kernel gives wrong input
+    gradients (10-30 % off, tests/attacks/test_batched.py checks the batched attack against autograd), and
+    the batched attacks differentiate through per-victim gradients under vmap.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mu = x.mean(-1, keepdim=True)
+        var = (x - mu).pow(2).mean(-1, keepdim=True)
+        return (x - mu) / torch.sqrt(var + self.eps) * self.weight + self.bias
+
+
 class PreNorm(nn.Module):
     """LayerNorm then ``fn`` (the residual is added by the caller)."""
 
     def __init__(self, dim: int, fn: nn.Module):
         super().__init__()
-        self.norm = nn.LayerNorm(dim)
+        self.norm = LayerNorm(dim)
         self.fn = fn
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -178,7 +192,7 @@ class SmallViT(nn.Module):
         self.dropout = MaskedDropout(p if emb_p is None else emb_p)
         self.transformer = Transformer(dim, depth, heads, dim_head, mlp_dim, p)
         self.pool = pool
-        self.mlp_head = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, n_classes))
+        self.mlp_head = nn.Sequential(LayerNorm(dim), nn.Linear(dim, n_classes))
 
     def forward(self, img: torch.Tensor) -> torch.Tensor:
         if tuple(img.shape[1:]) != (self.channels, *self.image_size):

@@ -70,14 +70,158 @@ def test_gram_cosine_equals_materialised_gradients(b, bias):
 
 
 def test_gram_refuses_models_with_other_parameters_and_bad_input_is_named():
-    model = nn.Sequential(nn.Flatten(), nn.LayerNorm(36), nn.Linear(36, 10))
+    from attacks.vision import LayerNorm
+
+    with pytest.raises(ValueError, match="attacks.vision.LayerNorm"):
+        batched_invert(nn.Sequential(nn.Flatten(), nn.LayerNorm(36), nn.Linear(36, 10)),
+                       [torch.ones(1, 36), torch.ones(1, 36), torch.ones(1, 10, 36), torch.ones(1, 10)],
+                       torch.zeros(1, 1, dtype=torch.long), SHAPE, BOX, config=InversionConfig(max_iterations=1))
+    model = nn.Sequential(nn.Flatten(), LayerNorm(36), nn.Linear(36, 10))
     assert not gram_compatible(model)
-    targets = [torch.zeros(1, *p.shape) for p in model.parameters()]
+    targets = [torch.ones(1, *p.shape) for p in model.parameters()]
+    y = torch.zeros(1, 1, dtype=torch.long)
     with pytest.raises(ValueError, match="nn.Linear"):
-        batched_invert(model, targets, torch.zeros(1, 1, dtype=torch.long), SHAPE, BOX, backend="gram")
-    with pytest.raises(ValueError, match="labels"):
+        batched_invert(model, targets, y, SHAPE, BOX, backend="gram")
+    with pytest.raises(ValueError, match="labels must be"):
         batched_invert(model, targets, torch.zeros(1, dtype=torch.long), SHAPE, BOX)
     with pytest.raises(ValueError, match="unknown attack"):
-        batched_invert(model, targets, torch.zeros(1, 1, dtype=torch.long), SHAPE, BOX, attack="nope")
+        batched_invert(model, targets, y, SHAPE, BOX, attack="nope")
+    with pytest.raises(ValueError, match="NaN or inf"):
+        batched_invert(model, [t * float("nan") for t in targets], y, SHAPE, BOX)
+    with pytest.raises(ValueError, match="all zeros"):
+        batched_invert(model, [t * 0 for t in targets], y, SHAPE, BOX)
+    with pytest.raises(ValueError, match="labels must be in 0..9"):
+        batched_invert(model, targets, y + 10, SHAPE, BOX)
+    with pytest.raises(ValueError, match="lo < hi"):
+        batched_invert(model, targets, y, SHAPE, (1.0, 0.0))
+    with pytest.raises(ValueError, match="input batch of shape"):
+        batched_invert(model, targets, y, (1, 1, 5, 5), BOX)
+    drop = DropoutMLP(in_features=36, width=8, depth=1, p=0.5)
+    dt = [torch.ones(1, *p.shape) for p in drop.parameters()]
     with pytest.raises(ValueError, match="true_masks"):
-        batched_invert(model, targets, torch.zeros(1, 1, dtype=torch.long), SHAPE, BOX, attack="informed")
+        batched_invert(drop, dt, y, SHAPE, BOX, attack="informed")
+    with pytest.raises(ValueError, match="one \\[victims"):
+        batched_invert(drop, dt, y, SHAPE, BOX, attack="informed", true_masks=[torch.ones(1, 1, 7)])
+
+
+def test_checking_for_finished_victims_less_often_changes_nothing():
+    torch.manual_seed(1)
+    model = DropoutMLP(in_features=36, width=32, depth=2, p=0.25)
+    _, _, targets, _, labels = _victims(model, 3)
+    cfg = InversionConfig(max_iterations=120, patience=3, plateau_patience=2)
+    a = batched_invert(model, targets, labels, SHAPE, BOX, "dia", config=cfg, check_every=1)
+    b = batched_invert(model, targets, labels, SHAPE, BOX, "dia", config=cfg, check_every=7)
+    assert a.iterations.tolist() == b.iterations.tolist() and len(set(a.iterations.tolist())) == 3
+    torch.testing.assert_close(a.x, b.x, atol=0, rtol=0)
+    torch.testing.assert_close(a.loss, b.loss, atol=0, rtol=0)
+
+
+class _Shuffled(nn.Module):
+    """Linear layers registered in a different order from the one the forward pass calls them in."""
+
+    def __init__(self):
+        super().__init__()
+        self.last = nn.Linear(12, 10, bias=False)
+        self.first = nn.Linear(36, 12, bias=False)
+        self.middle = nn.Linear(12, 12, bias=False)
+
+    def forward(self, x):
+        return self.last(torch.tanh(self.middle(torch.tanh(self.first(x.flatten(1))))))
+
+
+@pytest.mark.parametrize("backend", ["gram", "vmap"])
+def test_layers_are_matched_by_module_not_by_call_order(backend):
+    torch.manual_seed(0)
+    model = _Shuffled()
+    grads, _, targets, _, labels = _victims(model, 2, seed=4)
+    cfg = InversionConfig(max_iterations=15)
+    res = batched_invert(model, targets, labels, SHAPE, BOX, "ig", config=cfg, seeds=[1, 2], backend=backend)
+    for v in range(2):
+        ref = invert(model, grads[v], labels[v], SHAPE, BOX, "ig", config=cfg, seed=1 + v)
+        assert float(res.loss[v]) == pytest.approx(ref.loss, abs=1e-5)
+        torch.testing.assert_close(res.x[v], ref.x, atol=1e-4, rtol=0)
+
+
+def test_a_linear_layer_used_twice_is_refused():
+    lin = nn.Linear(36, 36, bias=False)
+    model = nn.Sequential(nn.Flatten(), lin, nn.Tanh(), lin, nn.Linear(36, 10))
+    targets = [torch.ones(1, *p.shape) for p in model.parameters()]
+    with pytest.raises(ValueError, match="more than once"):
+        batched_invert(model, targets, torch.zeros(1, 1, dtype=torch.long), SHAPE, BOX,
+                       config=InversionConfig(max_iterations=2))
+
+
+@pytest.mark.parametrize("attack", ["ig", "dia", "informed"])
+@pytest.mark.parametrize("arch", ["vit", "lenet"])
+def test_vmap_backend_on_vision_models_equals_the_loop(arch, attack):
+    """Biases, LayerNorms, embeddings, convolutions, attention-matrix masks and a per-channel box."""
+    from attacks.vision import LeNet, SmallViT
+
+    torch.manual_seed(2)
+    model = (SmallViT(image_size=8, patch_size=4, dim=16, depth=1, heads=2, mlp_dim=16, p=0.3) if arch == "vit"
+             else LeNet(channels=3, image_size=8, p=0.3, width=4))
+    g = torch.Generator().manual_seed(7)
+    grads, masks, labels = [], [], []
+    for _ in range(2):
+        x, y = torch.randn((1, 3, 8, 8), generator=g), torch.randint(0, 10, (1,), generator=g)
+        for s in dropout_sites(model):
+            s.record = True
+        model.train()
+        grads.append([t.detach() for t in torch.autograd.grad(F.cross_entropy(model(x), y), list(model.parameters()))])
+        masks.append([s.last_mask for s in dropout_sites(model)])
+        labels.append(y)
+        for s in dropout_sites(model):
+            s.record, s.last_mask = False, None
+    stack = lambda rows: [torch.stack(col) for col in zip(*rows)]  # noqa: E731
+    box = (torch.tensor([-1.0, -1.5, -2.0])[:, None, None], torch.tensor([1.0, 1.5, 2.0])[:, None, None])
+    cfg = InversionConfig(max_iterations=12)
+    res = batched_invert(model, stack(grads), torch.stack(labels), (1, 3, 8, 8), box, attack,
+                         true_masks=stack(masks), config=cfg, seeds=[3, 4], backend="vmap")
+    for v in range(2):
+        ref = invert(model, grads[v], labels[v], (1, 3, 8, 8), box, attack, true_masks=masks[v], config=cfg, seed=3 + v)
+        assert float(res.loss[v]) == pytest.approx(ref.loss, abs=1e-5)
+        torch.testing.assert_close(res.x[v], ref.x, atol=1e-4, rtol=0)
+    assert bool((res.x >= box[0]).all() and (res.x <= box[1]).all())
+
+
+def test_vmap_loss_and_input_gradient_on_the_vit_equal_autograd():
+    from attacks.batched import _VmapMatch
+    from attacks.vision import SmallViT
+
+    torch.manual_seed(3)
+    model = SmallViT(image_size=8, patch_size=4, dim=16, depth=2, heads=2, mlp_dim=16, p=0.3).train()
+    params = list(model.parameters())
+    g = torch.Generator().manual_seed(1)
+    targets = [torch.randn((2, *p.shape), generator=g) for p in params]
+    labels = torch.tensor([[3], [7]])
+    x = torch.randn((2, 1, 3, 8, 8), generator=g, requires_grad=True)
+    shapes = []
+    hooks = [s.register_forward_hook(lambda m, i, o: shapes.append(o.shape)) for s in dropout_sites(model)]
+    model(x[0].detach())
+    for h in hooks:
+        h.remove()
+    masks = [torch.rand((2, *s), generator=g).requires_grad_(True) for s in shapes]
+    match = _VmapMatch(model, targets)
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        got = match(x, labels, masks)
+        gx, *gm = torch.autograd.grad(got.sum(), [x] + masks)
+    finally:
+        match.close()
+        for p in params:
+            p.requires_grad_(True)
+    for v in range(2):
+        xv = x[v].detach().requires_grad_(True)
+        mv = [m[v].detach().requires_grad_(True) for m in masks]
+        for site, m in zip(dropout_sites(model), mv):
+            site.mask = m
+        grads = torch.autograd.grad(F.cross_entropy(model(xv), labels[v]), params, create_graph=True)
+        want = cosine_distance(list(grads), [t[v] for t in targets])
+        rx, *rm = torch.autograd.grad(want, [xv] + mv)
+        for site in dropout_sites(model):
+            site.mask = None
+        assert float(got[v].detach()) == pytest.approx(float(want.detach()), abs=1e-6)
+        torch.testing.assert_close(gx[v], rx, atol=1e-6, rtol=1e-4)
+        for a, b in zip(gm, rm):
+            torch.testing.assert_close(a[v], b, atol=1e-6, rtol=1e-4)

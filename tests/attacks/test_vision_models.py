@@ -218,3 +218,15 @@ def test_cifar10_victims_feed_the_vit():
     assert abs(float(x.mean())) < 1.5 and x.shape == (2, 3, 32, 32)
     torch.manual_seed(0)
     assert SmallViT(p=0.5)(x).shape == (2, 10)
+
+
+def test_written_out_layer_norm_equals_torch_layer_norm():
+    from attacks.vision import LayerNorm
+
+    torch.manual_seed(0)
+    ours, ref = LayerNorm(16), torch.nn.LayerNorm(16)
+    with torch.no_grad():
+        ours.weight.normal_(), ours.bias.normal_()
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(3, 5, 16, dtype=torch.float32)
+    torch.testing.assert_close(ours(x), ref(x), atol=1e-5, rtol=1e-5)
