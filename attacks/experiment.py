@@ -39,14 +39,14 @@ class VictimSet:
     def normalize(self, images: np.ndarray) -> torch.Tensor:
         return torch.tensor(normalize_mnist(images) if self.name == "mnist" else normalize_cifar10(images))
 
-    def box(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def box(self, device=None) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-channel bounds of valid pixels in normalised space, [C, 1, 1] each."""
-        m, s = torch.tensor(self.mean)[:, None, None], torch.tensor(self.std)[:, None, None]
+        m, s = (torch.tensor(v, device=device)[:, None, None] for v in (self.mean, self.std))
         return (0 - m) / s, (1 - m) / s
 
     def to_pixels(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised [..., C, H, W] -> [0, 1] pixels."""
-        m, s = torch.tensor(self.mean)[:, None, None], torch.tensor(self.std)[:, None, None]
+        m, s = (torch.tensor(v, device=x.device, dtype=x.dtype)[:, None, None] for v in (self.mean, self.std))
         return (x * s + m).clamp(0, 1)
 
 
@@ -75,11 +75,11 @@ def last_linear_weight_index(model: nn.Module) -> int:
 
 def run_attacks(victims: list[int], attacks: tuple[str, ...] = ATTACKS, model: str = "mlp", dataset: str = "mnist",
                 dropout: float = 0.25, config: InversionConfig = InversionConfig(), data_dir=None, seed: int = 0,
-                progress=None) -> tuple[list[dict], dict]:
-    """Attack each victim (one image per gradient) with each attack; returns rows and reconstructions.
+                progress=None, device: str = "cpu") -> tuple[list[dict], dict]:
+    """Attack each victim (one image per gradient) with each attack; returns rows and reconstructions (on CPU).
 
-    All victims of an attack run as one batch; ``seconds`` of a row is that batch's wall time and
-    ``victim_it_per_s`` its throughput. ``progress(attack, iteration, active)`` is called every iteration.
+    All victims of an attack run as one batch on ``device``; ``seconds`` of a row is that batch's wall time
+    and ``victim_it_per_s`` its throughput. ``progress(attack, iteration, active)`` is called every iteration.
     """
     if dataset not in VICTIM_SETS:
         raise ValueError(f"unknown victim set {dataset!r}; known: {', '.join(VICTIM_SETS)}")
@@ -91,9 +91,9 @@ def run_attacks(victims: list[int], attacks: tuple[str, ...] = ATTACKS, model: s
     if max(victims) >= len(images) or min(victims) < 0:
         raise ValueError(f"victim ids must be in 0..{len(images) - 1}, got {victims}")
     torch.manual_seed(seed)
-    net = build_attack_model(model, vs.shape, p=dropout)
-    xs = vs.normalize(images[victims])
-    ys = torch.tensor(labels[victims])
+    net = build_attack_model(model, vs.shape, p=dropout).to(device)
+    xs = vs.normalize(images[victims]).to(device)
+    ys = torch.tensor(labels[victims]).to(device)
     grads, masks, inferred = [], [], []
     w = last_linear_weight_index(net)
     for i in range(len(victims)):
@@ -103,14 +103,14 @@ def run_attacks(victims: list[int], attacks: tuple[str, ...] = ATTACKS, model: s
         inferred.append(idlg_label(g[w]))                   # the attacker infers the label
     targets = [torch.stack(col) for col in zip(*grads)]
     true_masks = [torch.stack(col) for col in zip(*masks)] if masks[0] is not None else None
-    label_t = torch.tensor(inferred)[:, None]
+    label_t = torch.tensor(inferred, device=device)[:, None]
     truth = vs.to_pixels(xs)
     rows, recon = [], {"truth": list(truth)}
     for attack in attacks:
         if attack == "informed" and true_masks is None:
             continue
         cb = (lambda it, n, a=attack: progress(a, it, n)) if progress else None
-        res = batched_invert(net, targets, label_t, (1, *vs.shape), vs.box(), attack, true_masks=true_masks,
+        res = batched_invert(net, targets, label_t, (1, *vs.shape), vs.box(device), attack, true_masks=true_masks,
                              config=config, seeds=[seed] * len(victims), progress=cb)
         r = vs.to_pixels(res.x[:, 0])
         s, p, m01, mn = ssim(r, truth), psnr(r, truth), mse(r, truth), mse(res.x[:, 0], xs)
@@ -120,7 +120,8 @@ def run_attacks(victims: list[int], attacks: tuple[str, ...] = ATTACKS, model: s
                          "mse_01": float(m01[i]), "label_ok": int(inferred[i] == int(ys[i])),
                          "iterations": int(res.iterations[i]), "loss": float(res.loss[i]),
                          "seconds": res.seconds, "victim_it_per_s": throughput})
-        recon[attack] = list(r)
+        recon[attack] = list(r.cpu())
+    recon["truth"] = [t.cpu() for t in recon["truth"]]
     return rows, recon
 
 
@@ -133,7 +134,7 @@ def save_grid(recon: dict, path: str | Path) -> Path:
     fig, axes = plt.subplots(len(names), cols, figsize=(1.4 * cols + 1, 1.5 * len(names)), squeeze=False)
     for i, name in enumerate(names):
         for j, img in enumerate(recon[name]):
-            img = np.asarray(img)
+            img = np.asarray(img.detach().cpu() if isinstance(img, torch.Tensor) else img)
             if img.ndim == 3:                                   # [C, H, W]
                 img = img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0)
             axes[i, j].imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1)

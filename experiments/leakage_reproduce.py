@@ -39,6 +39,7 @@ def main(argv=None) -> int:
     ap.add_argument("--max-iterations", type=int, default=20_000)
     ap.add_argument("--data-dir", default=None, help="folder with mnist/ and cifar10-sample/ (default: FEDSIM_DATA_DIR)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
@@ -60,7 +61,7 @@ def main(argv=None) -> int:
                       file=sys.stderr, flush=True)
 
         rows, recon = run_attacks(s["victims"], (attack,), s["model"], args.dataset, s["dropout"], config,
-                                  args.data_dir, args.seed, progress)
+                                  args.data_dir, args.seed, progress, args.device)
         done["rows"] += rows
         done["recon"]["truth"] = [t.tolist() for t in recon["truth"]]
         done["recon"][attack] = [t.tolist() for t in recon[attack]]

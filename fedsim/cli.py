@@ -263,12 +263,15 @@ def cmd_attack(args) -> int:
         raise ConfigError(f"unknown --model {args.model!r}; known: {', '.join(ATTACK_MODELS)}")
     if args.dataset not in VICTIM_SETS:
         raise ConfigError(f"unknown --dataset {args.dataset!r}; known: {', '.join(VICTIM_SETS)}")
-    attacks = list(ATTACKS) if args.attack == "all" else args.attack.split(",")
-    bad = [a for a in attacks if a not in ATTACKS]
+    attacks = list(ATTACKS) if args.attack.strip() == "all" else \
+        list(dict.fromkeys(a.strip() for a in args.attack.split(",") if a.strip()))
+    bad = [a for a in attacks if a not in ATTACKS] or ([] if attacks else [args.attack])
     if bad:
         raise ConfigError(f"unknown attack {bad[0]!r}; known: all, {', '.join(ATTACKS)}")
-    if args.victims < 1 or args.victims > 128 or args.iterations < 1 or not 0 <= args.dropout < 1:
-        raise ConfigError("need 1 <= --victims <= 128, --iterations >= 1 and 0 <= --dropout < 1")
+    if args.victims < 1 or args.victims > 128 or args.iterations < 1 or not 0 <= args.dropout < 1 or args.threads < 1:
+        raise ConfigError("need 1 <= --victims <= 128, --iterations >= 1, 0 <= --dropout < 1 and --threads >= 1")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {args.device}: torch sees no CUDA device here")
     torch.set_num_threads(args.threads)
     print(f"  attacking {args.victims} victim(s) of {args.dataset} on {args.model} (p = {args.dropout}) with "
           f"{', '.join(attacks)}, all victims batched ...", file=sys.stderr, flush=True)
@@ -286,7 +289,8 @@ def cmd_attack(args) -> int:
         bars[attack].set_postfix_str(f"{active} running", refresh=False)
 
     rows, recon = run_attacks(list(range(args.victims)), tuple(attacks), args.model, args.dataset, args.dropout,
-                              InversionConfig(max_iterations=args.iterations), args.data_dir, args.seed, progress)
+                              InversionConfig(max_iterations=args.iterations), args.data_dir, args.seed, progress,
+                              args.device)
     for bar in bars.values():
         bar.close()
     summary = []
@@ -297,7 +301,8 @@ def cmd_attack(args) -> int:
                                                  ("ssim", "psnr", "mse", "mse_01", "label_ok", "iterations",
                                                   "victim_it_per_s")}})
     out = Path(args.out)
-    print(f"\n{args.dataset}, {args.model}, dropout p = {args.dropout}, {args.victims} victim(s), mean over victims\n")
+    print(f"\n{args.dataset}, {args.model}, dropout p = {args.dropout}, {args.victims} victim(s), mean over victims; "
+          f"at most {args.iterations} iterations (official: 20,000), on {args.device}\n")
     table = format_table(summary, ["attack", "ssim", "psnr", "mse", "mse_01", "label_ok", "iterations",
                                    "victim_it_per_s"])
     print(table)
@@ -401,7 +406,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attack", default="all", help="all, or a comma list of ig, dia, informed")
     p.add_argument("--victims", type=int, default=1, help="number of victims (images 0..N-1)")
     p.add_argument("--iterations", type=int, default=3000, help="iteration cap per attack (official: 20,000)")
-    p.add_argument("--data-dir", help="folder holding mnist/dia_mnist_128.npz")
+    p.add_argument("--data-dir", help="folder holding mnist/dia_mnist_128.npz and cifar10-sample/dia_cifar10_128.npz "
+                                      "(default: FEDSIM_DATA_DIR or the cache)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="results/attack")

@@ -12,8 +12,8 @@ SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 def test_attack_command_prints_table_and_writes_grid(tmp_path, capsys):
     rc = main(["attack", "--data-dir", str(SHARED), "--victims", "1", "--iterations", "150", "--no-progress", "--out", str(tmp_path)])
     assert rc == 0
-    text = capsys.readouterr().out
-    assert all(name in text for name in ("ig", "dia", "informed"))
+    table = (tmp_path / "summary.txt").read_text().splitlines()
+    assert [line.split()[0] for line in table[2:]] == ["ig", "dia", "informed"]   # one row per attack
     rows = json.loads((tmp_path / "results.json").read_text())["rows"]
     by = {r["attack"]: r for r in rows}
     assert by["informed"]["ssim"] > by["ig"]["ssim"] and by["dia"]["ssim"] > by["ig"]["ssim"]
@@ -26,11 +26,13 @@ def test_attack_command_rejects_unknown_models_and_attacks(tmp_path, capsys):
     assert "unknown --model 'vgg'" in capsys.readouterr().err
     assert main(["attack", "--attack", "dlg2", "--out", str(tmp_path)]) == 2
     assert "unknown attack 'dlg2'" in capsys.readouterr().err
+    assert main(["attack", "--threads", "0", "--out", str(tmp_path)]) == 2
+    assert "--threads >= 1" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not (SHARED / "cifar10-sample" / "dia_cifar10_128.npz").is_file(), reason="no victim set")
 def test_attack_command_runs_other_models_on_cifar(tmp_path, capsys):
-    rc = main(["attack", "--model", "lenet", "--dataset", "cifar10", "--attack", "ig,informed", "--victims", "2",
+    rc = main(["attack", "--model", "lenet", "--dataset", "cifar10", "--attack", "ig, informed,ig", "--victims", "2",
                "--iterations", "5", "--data-dir", str(SHARED), "--out", str(tmp_path), "--no-progress"])
     assert rc == 0
     rows = json.loads((tmp_path / "results.json").read_text())["rows"]
