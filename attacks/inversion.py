@@ -9,8 +9,9 @@ Loss (Geiping et al. 2020; Scheliga et al. 2023):
     + tv * TV(x) + sum_l mask_reg * |(1 - mean(m_l)) - p_l|     (the last term for DIA only)
 Adam over x (its gradient replaced by its sign) and the masks (raw gradients); x clamped to the box and masks
 to [0, 1] after each step; ReduceLROnPlateau; stop at loss < tol or after ``patience`` iterations without
-improvement; keep the lowest-loss x. ``InversionConfig.restarts`` runs several independent trials and keeps the
-one with the lowest final loss (as Geiping's inversefed does).
+improvement; keep the x produced by the step whose (pre-step) loss was the lowest, as the official code does.
+``InversionConfig.restarts`` runs several independent trials and keeps the one with the lowest final loss (as
+Geiping's inversefed does). When every dropout site has p = 0 (or there is none) the DIA falls back to IG.
 
 DLG (Zhu et al. 2019), ``dlg``: squared L2 distance between the gradients, L-BFGS over x (and, in the original
 form, over dummy label logits as well).
@@ -19,6 +20,7 @@ form, over dummy label logits as well).
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from dataclasses import dataclass
 
@@ -47,7 +49,12 @@ class InversionConfig:
 
 @dataclass
 class InversionResult:
-    """What an attack returns. ``loss`` is the attack's own loss at ``x`` (the lowest it saw).
+    """What an attack returns.
+
+    ``loss``: the lowest loss the attack saw, and ``x`` (``masks``) the point that goes with it. For ``invert``
+    (IG / DIA) ``x`` is, as in the official code, the iterate PRODUCED by the Adam step whose pre-step loss was
+    the lowest: ``loss`` was evaluated at the point before that step (then clamped, etc.), not at ``x`` itself.
+    For ``dlg``, ``loss`` is exactly the gradient distance at ``x`` (only evaluated points are kept).
 
     ``iterations`` and ``seconds`` cover all the work done (summed over trials when there are restarts, so
     iterations / seconds stays a throughput); ``trial`` is the index of the winning trial, ``trial_losses`` and
@@ -109,12 +116,147 @@ def signed_adam_step(opt: torch.optim.Optimizer, x: torch.Tensor) -> None:
     opt.step()
 
 
+Box = tuple  # (lo, hi): two floats, or two tensors broadcastable to the input shape (e.g. per channel [C, 1, 1])
+
+
+def _prepare_box(box, shape: tuple[int, ...], like: torch.Tensor):
+    """Check a box (lo < hi everywhere) and put tensor bounds on ``like``'s device and dtype.
+
+    Scalar bounds stay Python floats (the clamp is then the plain scalar clamp); if either bound is a tensor
+    (or array), both become tensors of ``like``'s dtype on its device, broadcastable to ``shape``.
+    """
+    try:
+        lo, hi = box
+    except (TypeError, ValueError):
+        raise ValueError(f"box must be a pair (lo, hi), got {box!r}") from None
+    if isinstance(lo, numbers.Real) and isinstance(hi, numbers.Real):
+        lo, hi = float(lo), float(hi)
+        if not lo < hi:
+            raise ValueError(f"box needs lo < hi, got lo={lo}, hi={hi}")
+        return lo, hi
+    lo = torch.as_tensor(lo).detach().to(device=like.device, dtype=like.dtype)
+    hi = torch.as_tensor(hi).detach().to(device=like.device, dtype=like.dtype)
+    try:
+        fits = torch.broadcast_shapes(lo.shape, hi.shape, tuple(shape)) == tuple(shape)
+    except RuntimeError:
+        fits = False
+    if not fits:
+        raise ValueError(f"box bounds of shapes {tuple(lo.shape)} and {tuple(hi.shape)} do not broadcast to the "
+                         f"input shape {tuple(shape)}")
+    if not bool((lo < hi).all()):
+        raise ValueError(f"box needs lo < hi everywhere, got lo={lo.flatten().tolist()}, hi={hi.flatten().tolist()}")
+    return lo, hi
+
+
+def _clamp_(x: torch.Tensor, box) -> None:
+    """Clamp x in place to a prepared box (scalar or tensor bounds)."""
+    lo, hi = box
+    if isinstance(lo, torch.Tensor):
+        x.copy_(torch.maximum(torch.minimum(x, hi), lo))
+    else:
+        x.clamp_(lo, hi)
+
+
+def _in_box(x: torch.Tensor, box) -> bool:
+    lo, hi = box
+    return bool((x >= lo).all()) and bool((x <= hi).all())
+
+
+def _n_classes(model: nn.Module, shape: tuple[int, ...], like: torch.Tensor) -> int:
+    """The model's number of classes: the size of dim 1 of its output on a probe input (eval mode, no masks).
+
+    The model's mode and masks are put back as they were.
+    """
+    sites = dropout_sites(model)
+    saved, was_training = [s.mask for s in sites], model.training
+    try:
+        for s in sites:
+            s.mask = None
+        model.eval()
+        with torch.no_grad():
+            out = model(torch.zeros(shape, dtype=like.dtype, device=like.device))
+    finally:
+        for s, m in zip(sites, saved):
+            s.mask = m
+        model.train(was_training)
+    return int(out.shape[1]) if out.ndim >= 2 else int(out.shape[0])
+
+
+def _prepare_target(target: list[torch.Tensor], params: list[torch.Tensor], like: torch.Tensor,
+                    ) -> list[torch.Tensor]:
+    """Check the captured gradient (one finite, not all-zero tensor per parameter, in parameter order) and put it
+    on the parameters' device and dtype."""
+    target = list(target)
+    if len(target) != len(params):
+        raise ValueError(f"target gradient has {len(target)} tensors, the model {len(params)} parameters")
+    for i, (t, p) in enumerate(zip(target, params)):
+        if tuple(t.shape) != tuple(p.shape):
+            raise ValueError(f"target gradient tensor {i} has shape {tuple(t.shape)}, parameter {tuple(p.shape)}")
+    target = [t.detach().to(device=like.device, dtype=like.dtype) for t in target]
+    if not all(bool(torch.isfinite(t).all()) for t in target):
+        raise ValueError("target gradient has non-finite entries (NaN or inf)")
+    if all(not bool(t.any()) for t in target):
+        raise ValueError("target gradient is all zero (nothing to match; its cosine is undefined)")
+    return target
+
+
+def _prepare_labels(labels, model: nn.Module, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+    """Check labels (class indices in [0, n_classes), one per input; or class probabilities [batch, n_classes])
+    and put them on the parameters' device (indices as int64, probabilities in the parameters' dtype)."""
+    labels = torch.as_tensor(labels).detach()
+    n_classes = _n_classes(model, shape, like)
+    if labels.is_floating_point():
+        if tuple(labels.shape) != (shape[0], n_classes):
+            raise ValueError(f"soft labels must be [{shape[0]}, {n_classes}], got {tuple(labels.shape)}")
+        return labels.to(device=like.device, dtype=like.dtype)
+    if tuple(labels.shape) != (shape[0],):
+        raise ValueError(f"labels must be [{shape[0]}] (one class index per input), got {tuple(labels.shape)}")
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= n_classes):
+        raise ValueError(f"labels must be class indices in [0, {n_classes}), got {labels.tolist()}")
+    return labels.to(device=like.device, dtype=torch.long)
+
+
+def _prepare_masks(true_masks: list[torch.Tensor] | None, sites: list, like: torch.Tensor):
+    """Check there is one mask per dropout site and put them on the parameters' device and dtype."""
+    if true_masks is None:
+        return None
+    true_masks = list(true_masks)
+    if len(true_masks) != len(sites):
+        raise ValueError(f"true_masks has {len(true_masks)} masks, the model {len(sites)} dropout sites")
+    return [m.detach().to(device=like.device, dtype=like.dtype) for m in true_masks]
+
+
+def _parameters(model: nn.Module) -> list[torch.Tensor]:
+    params = list(model.parameters())
+    if not params:
+        raise ValueError("the model has no parameters (nothing to invert)")
+    return params
+
+
 def invert(model: nn.Module, target: list[torch.Tensor], labels: torch.Tensor, shape: tuple[int, ...],
-           box: tuple[float, float], attack: str = "ig", true_masks: list[torch.Tensor] | None = None,
+           box: Box, attack: str = "ig", true_masks: list[torch.Tensor] | None = None,
            config: InversionConfig = InversionConfig(), seed: int = 0) -> InversionResult:
     """Reconstruct a batch of inputs of ``shape`` from the captured gradient ``target``.
 
     attack: "ig" (ignore dropout: eval-mode forward), "dia" (masks as unknowns), "informed" (the true masks).
+    As in the official code, when every dropout site of the model has p = 0 (or it has none) the DIA runs
+    exactly as IG (its masks would be free unknowns with nothing to pin them; ``masks`` is then None), and so
+    does "informed" without ``true_masks``. "informed" without ``true_masks`` on a model with some p > 0 is an
+    error.
+
+    box: (lo, hi), floats or tensors broadcastable to ``shape`` (e.g. per-channel [C, 1, 1] bounds); x is clamped
+    to it after every step. ``target`` (one tensor per parameter, in ``model.parameters()`` order), ``labels``
+    (class indices [batch]), ``true_masks`` (one per dropout site) and tensor boxes are moved to the device (and
+    float dtype) of the model's parameters; ``x`` is returned there. Bad input raises ValueError: a non-finite or
+    all-zero target, target shapes that do not match the parameters, labels outside [0, n_classes) (n_classes
+    from a probe forward), a box with lo >= hi anywhere, or a ``true_masks`` list whose length is not the number
+    of dropout sites. The model's train/eval mode is restored and its dropout masks cleared afterwards.
+
+    The returned ``x`` is the iterate produced by the Adam step whose pre-step loss was the lowest of the trial
+    (as the official code keeps it); ``loss`` is that pre-step loss, i.e. the loss at the point the step started
+    from, not a fresh evaluation at ``x``. The iteration and stopping rules: stop when that best loss < ``tol``
+    or after ``patience`` iterations without improvement, or after ``max_iterations``.
+
     With ``config.restarts`` = R > 1, R independent trials run, trial r seeded with ``trial_seed(seed, r)``
     (trial 0 with ``seed``, so R = 1 is the single-trial attack); the trial with the lowest final loss is
     returned, ties going to the earliest. ``iterations`` and ``seconds`` are summed over the trials;
@@ -122,13 +264,29 @@ def invert(model: nn.Module, target: list[torch.Tensor], labels: torch.Tensor, s
     """
     if attack not in ("ig", "dia", "informed"):
         raise ValueError(f"unknown attack {attack!r}; use 'ig', 'dia' or 'informed'")
-    if attack == "informed" and true_masks is None:
-        raise ValueError("the informed attack needs true_masks")
     if config.restarts < 1:
         raise ValueError(f"restarts must be at least 1, got {config.restarts}")
+    params = _parameters(model)
+    like = params[0].detach()
+    sites = dropout_sites(model)
+    no_dropout = all(s.p == 0 for s in sites)
+    true_masks = _prepare_masks(true_masks, sites, like)
+    if attack == "informed" and true_masks is None and not no_dropout:
+        raise ValueError("the informed attack needs true_masks (the model has dropout with p > 0)")
+    if no_dropout and (attack == "dia" or (attack == "informed" and true_masks is None)):
+        attack = "ig"                              # nothing for the masks to explain: DIA is IG
+    target = _prepare_target(target, params, like)
+    box = _prepare_box(box, shape, like)
+    was_training = model.training
     start = time.perf_counter()
-    trials = [_invert_trial(model, target, labels, shape, box, attack, true_masks, config, trial_seed(seed, r))
-              for r in range(config.restarts)]
+    try:
+        labels = _prepare_labels(labels, model, shape, like)
+        trials = [_invert_trial(model, params, target, labels, shape, box, attack, true_masks, config,
+                                trial_seed(seed, r))
+                  for r in range(config.restarts)]
+    finally:
+        set_masks(model, None)
+        model.train(was_training)
     losses = [t.loss for t in trials]
     win = min(range(len(trials)), key=lambda r: (math.isnan(losses[r]), losses[r]))   # NaN never wins
     best = trials[win]
@@ -137,13 +295,12 @@ def invert(model: nn.Module, target: list[torch.Tensor], labels: torch.Tensor, s
                            trial_iterations=[t.iterations for t in trials])
 
 
-def _invert_trial(model: nn.Module, target: list[torch.Tensor], labels: torch.Tensor, shape: tuple[int, ...],
-                  box: tuple[float, float], attack: str, true_masks: list[torch.Tensor] | None,
+def _invert_trial(model: nn.Module, params: list[torch.Tensor], target: list[torch.Tensor], labels: torch.Tensor,
+                  shape: tuple[int, ...], box, attack: str, true_masks: list[torch.Tensor] | None,
                   config: InversionConfig, seed: int) -> InversionResult:
-    """One trial of ``invert`` (arguments already checked)."""
+    """One trial of ``invert`` (arguments already checked and on the parameters' device / dtype)."""
     start = time.perf_counter()
     g = torch.Generator().manual_seed(seed)
-    params = [p for p in model.parameters()]
     x = torch.randn(shape, generator=g).to(params[0]).requires_grad_(True)
     sites = dropout_sites(model)
     ps = [s.p for s in sites]
@@ -156,9 +313,11 @@ def _invert_trial(model: nn.Module, target: list[torch.Tensor], labels: torch.Te
             model.eval()
             probe, acts = x.detach(), []
             hooks = [s.register_forward_hook(lambda m, i, o: acts.append(o.shape)) for s in sites]
-            model(probe)
-            for h in hooks:
-                h.remove()
+            try:
+                model(probe)
+            finally:
+                for h in hooks:
+                    h.remove()
         for p_l, act_shape in zip(ps, acts):
             masks.append((torch.rand(act_shape, generator=g) >= p_l).to(params[0]).requires_grad_(True))
         variables += masks
@@ -184,13 +343,13 @@ def _invert_trial(model: nn.Module, target: list[torch.Tensor], labels: torch.Te
         else:
             opt.step()
         with torch.no_grad():
-            x.clamp_(*box)
+            _clamp_(x, box)
             if masks is not None:
                 for m in masks:
                     m.clamp_(0, 1)
-        value = float(loss.detach())
+        value = float(loss.detach())               # the loss BEFORE this step ...
         sched.step(value)
-        if value < best_loss:
+        if value < best_loss:                      # ... kept with the x this step produced (official code)
             best_loss, best_x, since_best = value, x.detach().clone(), 0
             best_masks = [m.detach().clone() for m in masks] if masks is not None else None
         else:
@@ -206,7 +365,7 @@ class _Diverged(Exception):
 
 
 def dlg(model: nn.Module, target: list[torch.Tensor], labels: torch.Tensor | None, shape: tuple[int, ...],
-        box: tuple[float, float] | None = None, iterations: int = 300, lr: float = 1.0, history_size: int = 100,
+        box: Box | None = None, iterations: int = 300, lr: float = 1.0, history_size: int = 100,
         seed: int = 0, soft_labels: bool = False, max_iter: int = 20, dropout: str = "ignore",
         true_masks: list[torch.Tensor] | None = None) -> InversionResult:
     """Deep Leakage from Gradients (Zhu et al. 2019): minimise ||grad_theta CE(f(x), y) - g*||^2 with L-BFGS.
@@ -214,6 +373,7 @@ def dlg(model: nn.Module, target: list[torch.Tensor], labels: torch.Tensor | Non
     x starts as N(0, 1) drawn from ``torch.Generator().manual_seed(seed)`` (in the dtype and device of the
     model's parameters). ``iterations`` outer steps ``LBFGS.step(closure)``, each of up to ``max_iter`` L-BFGS
     iterations (torch's default 20, as the original code); ``lr`` and ``history_size`` go to ``torch.optim.LBFGS``.
+    ``target``, ``labels``, ``true_masks`` and tensor box bounds are moved to the parameters' device and dtype.
 
     soft_labels: as the original DLG, also optimise dummy label logits (drawn N(0, 1) after x from the same
     generator, shape [batch, classes]); the loss uses CE against softmax(logits) and ``labels`` is ignored (may be
@@ -224,11 +384,15 @@ def dlg(model: nn.Module, target: list[torch.Tensor], labels: torch.Tensor | Non
     beware that train-mode dropout without masks makes every evaluation random). The model's masks are cleared
     and its train/eval mode restored afterwards.
 
-    box: if given, x starts clamped to it and is clamped after every outer step (L-BFGS's inner iterations
-    cannot be clamped, so only in-box points are kept). The lowest-loss x seen in any evaluation is returned,
-    with that loss (``loss`` is exactly the gradient distance at the returned x, with the returned label logits).
+    box: if given, (lo, hi) as floats or tensors broadcastable to ``shape`` (e.g. per-channel [C, 1, 1]); x starts
+    clamped to it and is clamped after every outer step (L-BFGS's inner iterations cannot be clamped, so only
+    in-box points are kept). The lowest-loss x seen in any evaluation is returned, with that loss (``loss`` is
+    exactly the gradient distance at the returned x, with the returned label logits).
     A non-finite loss or x (L-BFGS can diverge) stops the attack: the best x so far is kept, ``diverged`` is
     set and ``iterations`` counts the outer steps completed before it.
+
+    Bad input raises ValueError (as ``invert``): a non-finite or all-zero target, labels outside [0, n_classes),
+    a box with lo >= hi, a ``true_masks`` list whose length is not the number of dropout sites.
     """
     if dropout not in ("ignore", "informed", "as_set"):
         raise ValueError(f"unknown dropout handling {dropout!r}; use 'ignore', 'informed' or 'as_set'")
@@ -236,19 +400,37 @@ def dlg(model: nn.Module, target: list[torch.Tensor], labels: torch.Tensor | Non
         raise ValueError("dropout='informed' needs true_masks")
     if not soft_labels and labels is None:
         raise ValueError("labels are needed unless soft_labels=True")
+    params = _parameters(model)
+    like = params[0].detach()
+    true_masks = _prepare_masks(true_masks if dropout == "informed" else None, dropout_sites(model), like)
+    target = _prepare_target(target, params, like)
+    if box is not None:
+        box = _prepare_box(box, shape, like)
+    if not soft_labels:
+        labels = _prepare_labels(labels, model, shape, like)
     start = time.perf_counter()
     was_training = model.training
-    if dropout == "ignore":
+    try:
+        if dropout == "ignore":
+            set_masks(model, None)
+            model.eval()
+        elif dropout == "informed":
+            set_masks(model, true_masks)
+            model.train()
+        return _dlg_run(model, params, target, labels, shape, box, iterations, lr, history_size, seed,
+                        soft_labels, max_iter, start)
+    finally:
         set_masks(model, None)
-        model.eval()
-    elif dropout == "informed":
-        set_masks(model, true_masks)
-        model.train()
-    params = list(model.parameters())
+        model.train(was_training)
+
+
+def _dlg_run(model, params, target, labels, shape, box, iterations, lr, history_size, seed, soft_labels, max_iter,
+             start) -> InversionResult:
+    """The L-BFGS loop of ``dlg`` (inputs checked, model mode and masks set by the caller)."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(shape, generator=g).to(params[0])
     if box is not None:
-        x.clamp_(*box)
+        _clamp_(x, box)
     x.requires_grad_(True)
     variables = [x]
     logits = None
@@ -267,7 +449,7 @@ def dlg(model: nn.Module, target: list[torch.Tensor], labels: torch.Tensor | Non
             "logits": None if logits is None else logits.detach().clone()}
 
     def consider(value: float) -> None:
-        in_box = box is None or (float(x.detach().min()) >= box[0] and float(x.detach().max()) <= box[1])
+        in_box = box is None or _in_box(x.detach(), box)
         if value < best["loss"] and in_box:
             best.update(loss=value, x=x.detach().clone(), logits=None if logits is None else logits.detach().clone())
 
@@ -292,7 +474,7 @@ def dlg(model: nn.Module, target: list[torch.Tensor], labels: torch.Tensor | Non
                 break
             if box is not None:
                 with torch.no_grad():
-                    x.clamp_(*box)
+                    _clamp_(x, box)
             steps += 1
         if not diverged:                      # the point the last step ended on has not been evaluated yet
             value = float(distance(create_graph=False).detach())
@@ -302,9 +484,6 @@ def dlg(model: nn.Module, target: list[torch.Tensor], labels: torch.Tensor | Non
                 diverged = True
     except _Diverged:
         diverged = True
-    finally:
-        set_masks(model, None)
-        model.train(was_training)
     return InversionResult(best["x"], None, best["loss"], steps, time.perf_counter() - start,
                            trial_losses=[best["loss"]], trial_iterations=[steps], diverged=diverged,
                            label_logits=best["logits"])

@@ -17,11 +17,14 @@ def psnr(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) -> torch.Ten
 
 
 def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
-    """Mean SSIM per image, [B], for [B, C, H, W] inputs in [0, data_range] (valid-window convolution)."""
+    """Mean SSIM per image, [B], for [B, C, H, W] inputs in [0, data_range] (valid-window convolution).
+
+    Computed in float64 on the inputs' device (the Gaussian window is built there).
+    """
     if a.shape != b.shape or a.ndim != 4:
         raise ValueError(f"ssim needs two [B, C, H, W] tensors of one shape, got {tuple(a.shape)} and {tuple(b.shape)}")
     a, b = a.double(), b.double()
-    coords = torch.arange(11, dtype=torch.float64) - 5
+    coords = torch.arange(11, dtype=torch.float64, device=a.device) - 5
     g = torch.exp(-coords ** 2 / (2 * 1.5 ** 2))
     g = g / g.sum()
     window = (g[:, None] * g[None, :]).expand(a.shape[1], 1, 11, 11).contiguous()

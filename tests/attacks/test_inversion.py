@@ -39,12 +39,64 @@ def test_total_variation_and_cosine_hand_computed():
     assert float(cosine_distance(a, [torch.tensor([0.0, 3.0]), torch.tensor([0.0])])) == pytest.approx(1.0)
 
 
-def test_signed_gradient_step_moves_x_by_lr_times_sign():
-    x = torch.tensor([0.5, -0.2, 0.0], requires_grad=True)
+def _adam_by_hand(x0: torch.Tensor, grads: list[torch.Tensor], lr: float, b1=0.9, b2=0.999, eps=1e-8):
+    """torch.optim.Adam's update (no weight decay, no amsgrad), written out."""
+    x, m, v = x0.clone(), torch.zeros_like(x0), torch.zeros_like(x0)
+    for t, g in enumerate(grads, start=1):
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        x = x - lr * (m / (1 - b1 ** t)) / ((v / (1 - b2 ** t)).sqrt() + eps)
+    return x
+
+
+def test_signed_gradient_step_is_adam_on_the_sign_of_the_gradient():
+    # gradients whose magnitudes differ by orders and whose signs flip between the two steps, per coordinate
+    grads = [torch.tensor([3.0, -1e-4, 2.0, 50.0], dtype=torch.float64),
+             torch.tensor([-1e-3, 5.0, 2.0, -0.01], dtype=torch.float64)]
+    x0 = torch.tensor([0.5, -0.2, 0.0, 1.0], dtype=torch.float64)
+    x = x0.clone().requires_grad_(True)
     opt = torch.optim.Adam([x], lr=0.1)
-    x.grad = torch.tensor([3.0, -1e-4, 2.0])
-    signed_adam_step(opt, x)
-    torch.testing.assert_close(x.detach(), torch.tensor([0.4, -0.1, -0.1]), atol=1e-6, rtol=0)
+    for g in grads:
+        x.grad = g.clone()
+        signed_adam_step(opt, x)
+    signed = _adam_by_hand(x0, [g.sign() for g in grads], 0.1)
+    torch.testing.assert_close(x.detach(), signed, atol=1e-12, rtol=0)
+    # by hand: step 1 moves every coordinate by -0.1 * sign; step 2 by -0.1 * (0.09 s1 + 0.1 s2) / 0.19
+    # (v_hat is 1 at both steps since sign^2 = 1); a flipped sign makes the second step tiny and backwards
+    s1, s2 = grads[0].sign(), grads[1].sign()
+    expected = x0 - 0.1 * s1 - 0.1 * (0.09 * s1 + 0.1 * s2) / 0.19
+    torch.testing.assert_close(x.detach(), expected, atol=1e-6, rtol=0)
+    # plain Adam on the raw gradients goes clearly elsewhere (coordinates 0, 1 and 3 by more than 0.05)
+    plain = _adam_by_hand(x0, grads, 0.1)
+    z = x0.clone().requires_grad_(True)
+    opt = torch.optim.Adam([z], lr=0.1)
+    for g in grads:
+        z.grad = g.clone()
+        opt.step()
+    torch.testing.assert_close(z.detach(), plain, atol=1e-12, rtol=0)
+    assert ((plain - signed).abs() > 0.05).tolist() == [True, True, False, True]
+
+
+def test_ssim_builds_its_window_on_the_images_device(monkeypatch):
+    import attacks.metrics as metrics
+
+    devices = []
+    conv2d = metrics.F.conv2d
+
+    def spy(x, weight, *args, **kwargs):
+        devices.append((x.device, weight.device, weight.dtype))
+        return conv2d(x, weight, *args, **kwargs)
+
+    monkeypatch.setattr(metrics.F, "conv2d", spy)
+    a = torch.rand(1, 3, 16, 16, device="meta")          # no GPU here: the meta device stands in for CUDA
+    assert ssim(a, a).device.type == "meta"
+    assert devices and all(w.type == "meta" and d == torch.float64 for _, w, d in devices)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_ssim_on_cuda():
+    a = torch.rand(2, 3, 16, 16)
+    torch.testing.assert_close(ssim(a.cuda(), (a * 0.5).cuda()).cpu(), ssim(a, a * 0.5))
 
 
 def test_ssim_psnr_hand_computed():
