@@ -337,7 +337,8 @@ def _invert_trial(model: nn.Module, params: list[torch.Tensor], target: list[tor
         loss = cosine_distance(list(grads), target) + config.tv * total_variation(x)
         if attack == "dia":
             loss = loss + config.mask_reg * mask_regularizer(masks, ps)
-        loss.backward()
+        for v, gv in zip(variables, torch.autograd.grad(loss, variables)):   # not into the model's .grad
+            v.grad = gv
         if config.signed:
             signed_adam_step(opt, x)
         else:
