@@ -56,3 +56,22 @@ def test_batched_training_of_a_dropout_model_names_the_problem(small_fed):
         LocalSGD(model, lr=0.1).train(params, torch.arange(2), 0, small_fed.data, small_fed.streams)
     out, _ = LocalSGD(model, lr=0.1).train_loop(params, torch.arange(2), 0, small_fed.data, small_fed.streams)
     assert torch.isfinite(out).all()
+
+
+def test_dropout_in_the_per_client_loop_comes_from_the_seeded_streams(small_fed):
+    from torch import nn
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.Dropout(0.5), nn.Linear(16, 10)).train()
+    params = init_population(model, torch.arange(3), Streams(1), shared=False)
+    trainer = LocalSGD(model, lr=0.1, steps=2)
+    torch.manual_seed(123)
+    before = torch.random.get_rng_state()
+    a, _ = trainer.train_loop(params, torch.arange(3), 0, small_fed.data, small_fed.streams)
+    assert torch.equal(torch.random.get_rng_state(), before)            # the caller's RNG is left alone
+    torch.manual_seed(999)                                              # ... and does not matter
+    b, _ = trainer.train_loop(params, torch.arange(3), 0, small_fed.data, small_fed.streams)
+    assert torch.equal(a, b)
+    c, _ = trainer.train_loop(params, torch.arange(3), 1, small_fed.data, small_fed.streams)
+    one, _ = trainer.train_loop(params[1:2], torch.tensor([1]), 0, small_fed.data, small_fed.streams)
+    assert not torch.equal(a, c)                                        # another round, other masks
+    assert torch.equal(one[0], a[1])                                    # a client's draws do not depend on the others
