@@ -101,7 +101,7 @@ def victim_data_dir() -> Path:
     from fedsim.data.paths import ENV_VAR, data_dir
 
     shared = REPO.parent / "shared" / "data"
-    return data_dir() if os.environ.get(ENV_VAR) or not shared.is_dir() else shared
+    return (data_dir() if os.environ.get(ENV_VAR) or not shared.is_dir() else shared).resolve()   # before any chdir
 
 
 def write_defences_csv(path: Path) -> None:
