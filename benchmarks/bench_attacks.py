@@ -59,10 +59,13 @@ def measure(name: str, victims: list[int], iterations: int, device: str) -> list
         targets = _targets(model, v, v)
         labels = torch.randint(0, 10, (v, 1), generator=torch.Generator().manual_seed(v)).to(device)
         stamps = []
-        batched_invert(model, targets, labels, (1, *shape), box, "dia", config=cfg,
-                       progress=lambda it, n: stamps.append(time.perf_counter()))
-        if device == "cuda":
-            torch.cuda.synchronize()
+
+        def stamp(it, n):
+            if device == "cuda":
+                torch.cuda.synchronize()            # time finished work, not queued kernels
+            stamps.append(time.perf_counter())
+
+        batched_invert(model, targets, labels, (1, *shape), box, "dia", config=cfg, progress=stamp)
         steps = sorted(b - a for a, b in zip(stamps, stamps[1:]))   # per-iteration times after the first
         rows.append({"model": name, "engine": "batched", "victims": v, "victim_it_s": v / steps[len(steps) // 2]})
     for r in rows:
