@@ -29,7 +29,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from attacks.inversion import InversionConfig
-from attacks.models import dropout_sites
+from attacks.models import dropout_sites, set_masks
 
 ATTACKS = ("ig", "dia", "informed")
 
@@ -103,6 +103,9 @@ class _LinearTaps:
 
     def __init__(self, model: nn.Module):
         self.layers = [m for m in model.modules() if isinstance(m, nn.Linear)]
+        if len({id(m.weight) for m in self.layers}) != len(self.layers):
+            raise ValueError("two nn.Linear layers share one weight (tied weights); the batched attack's closed form "
+                             "treats them as separate gradients: use attacks.inversion.invert")
         self.record: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None
         self.probes: list[torch.Tensor] | None = None
         self._handles = [m.register_forward_hook(self._hook(i)) for i, m in enumerate(self.layers)]
@@ -334,14 +337,15 @@ def _check_inputs(model, targets, labels, shape, box, attack, true_masks, V, lik
     lo, hi = (torch.as_tensor(b, dtype=torch.float64) for b in box)
     if bool((lo >= hi).any()):
         raise ValueError(f"the pixel box needs lo < hi, got {box}")
+    was = model.training
     try:
         with torch.no_grad():
-            was = model.training
             model.eval()
             out = model(torch.zeros(shape, dtype=like.dtype, device=like.device))
-            model.train(was)
-    except RuntimeError as e:
+    except (RuntimeError, ValueError) as e:
         raise ValueError(f"the model cannot take an input batch of shape {tuple(shape)}: {e}") from None
+    finally:
+        model.train(was)
     n_classes = out.shape[-1]
     if bool((labels < 0).any()) or bool((labels >= n_classes).any()):
         raise ValueError(f"labels must be in 0..{n_classes - 1}, got values {labels.unique().tolist()}")
@@ -385,9 +389,20 @@ def batched_invert(model: nn.Module, targets: list[torch.Tensor], labels: torch.
     if backend not in ("gram", "vmap"):
         raise ValueError(f"unknown backend {backend!r}; use auto, gram or vmap")
     params = list(model.parameters())
+    if not params:
+        raise ValueError("the model has no parameters: there is no gradient to invert")
     like = params[0].detach()
     V = labels.shape[0]
-    _check_inputs(model, targets, labels, shape, box, attack, true_masks, V, like)
+    if V == 0:
+        raise ValueError("no victims: labels has 0 rows")
+    if labels.is_floating_point():
+        raise ValueError(f"labels must be class indices (an integer tensor), got {labels.dtype}")
+    was_training, grad_flags = model.training, [p.requires_grad for p in params]
+    set_masks(model, None)                                      # masks left over by a caller would be used
+    try:
+        _check_inputs(model, targets, labels, shape, box, attack, true_masks, V, like)
+    finally:
+        model.train(was_training)
     seeds = list(range(V)) if seeds is None else list(seeds)
     if len(seeds) != V:
         raise ValueError(f"{len(seeds)} seeds for {V} victims")
@@ -399,8 +414,24 @@ def batched_invert(model: nn.Module, targets: list[torch.Tensor], labels: torch.
     ps = [s.p for s in sites]
     x, masks = initial_state(model, shape, attack, seeds, like)
     fixed = [m.detach().to(like) for m in true_masks] if attack == "informed" else None
-    match = (_GramMatch if backend == "gram" else _VmapMatch)(model, [t.detach().to(like) for t in targets])
-    was_training, grad_flags = model.training, [p.requires_grad for p in params]
+    match = None
+    try:
+        match = (_GramMatch if backend == "gram" else _VmapMatch)(model, [t.detach().to(like) for t in targets])
+        return _optimise(model, match, params, sites, ps, x, masks, fixed, labels.to(device, torch.long), box,
+                         attack, backend, config, progress, check_every, start)
+    finally:
+        if match is not None:
+            match.close()
+        set_masks(model, None)
+        for p, flag in zip(params, grad_flags):
+            p.requires_grad_(flag)
+        model.train(was_training)
+
+
+def _optimise(model, match, params, sites, ps, x, masks, fixed, labels_a, box, attack, backend, config, progress,
+              check_every, start) -> BatchedResult:
+    """The optimisation loop of ``batched_invert`` (which restores the model's state afterwards)."""
+    V, device = x.shape[0], x.device
     model.train(attack != "ig")
     for p in params:
         p.requires_grad_(backend == "gram")                     # vmap differentiates a detached copy
@@ -409,7 +440,6 @@ def batched_invert(model: nn.Module, targets: list[torch.Tensor], labels: torch.
     adam = _Adam(variables, torch.full((V,), config.lr, dtype=torch.float64, device=device))
     plateau = _Plateau(V, 0.1, config.plateau_patience, device)
     active = torch.arange(V, device=device)                     # original ids of the rows still in the batch
-    labels_a = labels.to(device)
     running = torch.ones(V, dtype=torch.bool, device=device)    # rows not yet finished
     best_loss = torch.full((V,), math.inf, dtype=torch.float64, device=device)
     best_x = x.detach().clone()
@@ -420,67 +450,61 @@ def batched_invert(model: nn.Module, targets: list[torch.Tensor], labels: torch.
     out_masks = [m.clone() for m in best_masks] if best_masks is not None else None
     expand = lambda t, ref: t.reshape(-1, *([1] * (ref.ndim - 1)))  # noqa: E731
 
-    try:
-        for it in range(1, config.max_iterations + 1):
-            leaves = [v.detach().requires_grad_(True) for v in variables]
-            xv, mv = leaves[0], leaves[1:]
-            cur_masks = mv if attack == "dia" else (fixed or [])
-            if backend == "gram":
-                for site, m in zip(sites, cur_masks):
-                    site.mask = m.reshape(-1, *m.shape[2:])
-                loss = match(xv, labels_a)
-            else:
-                loss = match(xv, labels_a, list(cur_masks))
-            loss = loss + config.tv * _tv(xv)
-            if attack == "dia":
-                loss = loss + config.mask_reg * sum(((1 - m.flatten(1).mean(1)) - p).abs() for m, p in zip(mv, ps))
-            grads = list(torch.autograd.grad(loss.sum(), leaves))
-            if config.signed:
-                grads[0] = grads[0].sign()
-            adam.step(variables, grads, running)
-            with torch.no_grad():
-                variables[0].clamp_(*box)
-                for m in variables[1:]:
-                    m.clamp_(0, 1)
-            value = loss.detach().double()
-            adam.lr = plateau.step(value, adam.lr)
-            improved = (value < best_loss) & running
-            best_loss = torch.where(improved, value, best_loss)
-            since = torch.where(improved, 0, since + running.long())
-            iters = torch.where(running, it, iters)
-            with torch.no_grad():
-                best_x = torch.where(expand(improved, x), variables[0], best_x)
+    for it in range(1, config.max_iterations + 1):
+        leaves = [v.detach().requires_grad_(True) for v in variables]
+        xv, mv = leaves[0], leaves[1:]
+        cur_masks = mv if attack == "dia" else (fixed or [])
+        if backend == "gram":
+            for site, m in zip(sites, cur_masks):
+                site.mask = m.reshape(-1, *m.shape[2:])
+            loss = match(xv, labels_a)
+        else:
+            loss = match(xv, labels_a, list(cur_masks))
+        loss = loss + config.tv * _tv(xv)
+        if attack == "dia":
+            loss = loss + config.mask_reg * sum(((1 - m.flatten(1).mean(1)) - p).abs() for m, p in zip(mv, ps))
+        grads = list(torch.autograd.grad(loss.sum(), leaves))
+        if config.signed:
+            grads[0] = grads[0].sign()
+        adam.step(variables, grads, running)
+        with torch.no_grad():
+            variables[0].clamp_(*box)
+            for m in variables[1:]:
+                m.clamp_(0, 1)
+        value = loss.detach().double()
+        adam.lr = plateau.step(value, adam.lr)
+        improved = (value < best_loss) & running
+        best_loss = torch.where(improved, value, best_loss)
+        since = torch.where(improved, 0, since + running.long())
+        iters = torch.where(running, it, iters)
+        with torch.no_grad():
+            best_x = torch.where(expand(improved, x), variables[0], best_x)
+            if best_masks is not None:
+                best_masks = [torch.where(expand(improved, m), m, bm) for m, bm in zip(variables[1:], best_masks)]
+        finished = (best_loss < config.tol) | (since >= config.patience)
+        running = running & ~finished if it < config.max_iterations else torch.zeros_like(running)
+        if it % check_every == 0 or it == config.max_iterations:
+            done = ~running
+            if bool(done.any()):
+                ids = active[done]
+                out_loss[ids], out_x[ids], out_iter[ids] = best_loss[done], best_x[done], iters[done]
                 if best_masks is not None:
-                    best_masks = [torch.where(expand(improved, m), m, bm) for m, bm in zip(variables[1:], best_masks)]
-            finished = (best_loss < config.tol) | (since >= config.patience)
-            running = running & ~finished if it < config.max_iterations else torch.zeros_like(running)
-            if it % check_every == 0 or it == config.max_iterations:
-                done = ~running
-                if bool(done.any()):
-                    ids = active[done]
-                    out_loss[ids], out_x[ids], out_iter[ids] = best_loss[done], best_x[done], iters[done]
-                    if best_masks is not None:
-                        for om, bm in zip(out_masks, best_masks):
-                            om[ids] = bm[done]
-                    keep = running
-                    if not bool(keep.any()):
-                        break
-                    active, best_loss, best_x, since, iters = (t[keep] for t in (active, best_loss, best_x, since, iters))
-                    running = running[keep]
-                    variables = [v[keep] for v in variables]
-                    best_masks = [bm[keep] for bm in best_masks] if best_masks is not None else None
-                    adam.select(keep)
-                    plateau.select(keep)
-                    labels_a = labels_a[keep]
-                    fixed = [m[keep] for m in fixed] if fixed is not None else None
-                    match = match.select(keep)
-            if progress is not None:
-                progress(it, len(active))
-    finally:
-        match.close()
-        for site in sites:
-            site.mask = None
-        for p, flag in zip(params, grad_flags):
-            p.requires_grad_(flag)
-        model.train(was_training)
+                    for om, bm in zip(out_masks, best_masks):
+                        om[ids] = bm[done]
+                keep = running
+                if not bool(keep.any()):
+                    if progress is not None:
+                        progress(it, 0)
+                    break
+                active, best_loss, best_x, since, iters = (t[keep] for t in (active, best_loss, best_x, since, iters))
+                running = running[keep]
+                variables = [v[keep] for v in variables]
+                best_masks = [bm[keep] for bm in best_masks] if best_masks is not None else None
+                adam.select(keep)
+                plateau.select(keep)
+                labels_a = labels_a[keep]
+                fixed = [m[keep] for m in fixed] if fixed is not None else None
+                match = match.select(keep)
+        if progress is not None:
+            progress(it, int(running.sum()) if check_every == 1 else len(active))
     return BatchedResult(out_x, out_masks, out_loss, out_iter.cpu(), time.perf_counter() - start)

@@ -47,13 +47,16 @@ def measure(name: str, victims: list[int], iterations: int, device: str) -> list
     box = (-3.0, 3.0)
     cfg = InversionConfig(max_iterations=iterations, patience=10 ** 9)
     rows = []
-    base_cfg = InversionConfig(max_iterations=max(3, iterations // 2), patience=10 ** 9)
     targets = _targets(model, 1, 0)
-    invert(model, [t[0] for t in targets], torch.tensor([3], device=device), (1, *shape), box, "dia",
-           config=InversionConfig(max_iterations=2))        # warm-up
-    res = invert(model, [t[0] for t in targets], torch.tensor([3], device=device), (1, *shape), box, "dia",
-                 config=base_cfg)
-    base = res.iterations / res.seconds
+
+    def run_invert(n):
+        res = invert(model, [t[0] for t in targets], torch.tensor([3], device=device), (1, *shape), box, "dia",
+                     config=InversionConfig(max_iterations=n, patience=10 ** 9))
+        return res.seconds
+
+    run_invert(2)                                            # warm-up
+    short, long = max(2, iterations // 4), max(4, iterations)
+    base = (long - short) / (run_invert(long) - run_invert(short))   # per iteration, setup cancelled out
     rows.append({"model": name, "engine": "invert (one victim)", "victims": 1, "victim_it_s": base})
     for v in victims:
         targets = _targets(model, v, v)
@@ -84,6 +87,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
+    if args.iterations < 3:
+        ap.error("--iterations must be >= 3 (the median is taken over the iterations after the first)")
     torch.set_num_threads(args.threads)
     dev = torch.cuda.get_device_name() if args.device == "cuda" else cpu_description()
     print(f"machine: {dev}; torch {torch.__version__}, {args.threads} thread(s), device {args.device}\n")

@@ -126,14 +126,20 @@ class LocalSGD:
         if self.steps == 0:
             return out, losses
         model = copy.deepcopy(self.model).to(device=params.device, dtype=params.dtype)
-        with torch.random.fork_rng(devices=[params.device] if params.device.type == "cuda" else []):
+        cuda = params.device.type == "cuda"
+        with torch.random.fork_rng(devices=[params.device] if cuda else []):
             return self._loop(model, out, losses, params, clients, round, data, streams)
 
     def _loop(self, model, out, losses, params, clients, round, data, streams):
         for r, client in enumerate(clients.tolist()):
             idx = data.batch_indices(streams, torch.tensor([client]), round, self.steps, self.batch_size)[0]
-            # dropout (or any other torch randomness in the model) draws from the (client, round) stream
-            torch.manual_seed(streams.key("dropout", client, round) & 0x7FFF_FFFF_FFFF_FFFF)
+            # dropout (or any other torch randomness in the model) draws from the (client, round) stream; only
+            # the generator in use is reseeded (torch.manual_seed would also reseed every CUDA device)
+            key = streams.key("dropout", client, round)
+            if params.device.type == "cuda":
+                torch.cuda.default_generators[params.device.index or torch.cuda.current_device()].manual_seed(key)
+            else:
+                torch.default_generator.manual_seed(key)
             torch.nn.utils.vector_to_parameters(params[r].clone(), model.parameters())
             opt = torch.optim.SGD(model.parameters(), lr=self.lr, momentum=self.momentum,
                                   weight_decay=self.weight_decay)

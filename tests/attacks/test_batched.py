@@ -225,3 +225,48 @@ def test_vmap_loss_and_input_gradient_on_the_vit_equal_autograd():
         torch.testing.assert_close(gx[v], rx, atol=1e-6, rtol=1e-4)
         for a, b in zip(gm, rm):
             torch.testing.assert_close(a[v], b, atol=1e-6, rtol=1e-4)
+
+
+def test_model_state_is_restored_and_leftover_masks_are_ignored():
+    from attacks.models import set_masks
+
+    torch.manual_seed(1)
+    model = DropoutMLP(in_features=36, width=16, depth=1, p=0.25).train()
+    grads, _, targets, _, labels = _victims(model, 1)
+    cfg = InversionConfig(max_iterations=10)
+    clean = batched_invert(model, targets, labels, SHAPE, BOX, "ig", config=cfg)
+    set_masks(model, [torch.zeros(1, 16)])                  # a caller's leftover mask (fits V * b = 1 row)
+    res = batched_invert(model, targets, labels, SHAPE, BOX, "ig", config=cfg)
+    assert torch.equal(res.x, clean.x)
+    assert model.training and all(s.mask is None for s in dropout_sites(model))
+    with pytest.raises(ValueError, match="input batch of shape"):
+        batched_invert(model, targets, labels, (1, 1, 5, 5), BOX, config=cfg)
+    assert model.training                                   # a failed probe leaves the mode alone
+    hooks_before = sum(len(m._forward_hooks) for m in model.modules())
+    with pytest.raises(TypeError):
+        batched_invert(model, targets, labels, SHAPE, BOX, config=InversionConfig(lr=None))
+    assert sum(len(m._forward_hooks) for m in model.modules()) == hooks_before and model.training
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_progress_reports_every_iteration_and_the_victims_still_running():
+    torch.manual_seed(1)
+    model = DropoutMLP(in_features=36, width=32, depth=2, p=0.25)
+    _, _, targets, _, labels = _victims(model, 3)
+    calls = []
+    res = batched_invert(model, targets, labels.to(torch.int32), SHAPE, BOX, "dia",
+                         config=InversionConfig(max_iterations=120, patience=3, plateau_patience=2),
+                         progress=lambda it, n: calls.append((it, n)))
+    assert [c[0] for c in calls] == list(range(1, int(res.iterations.max()) + 1))
+    for it, n in calls:
+        assert n == int((res.iterations >= it).sum()) - int((res.iterations == it).sum())
+
+
+def test_tied_linear_weights_are_refused():
+    a, b = nn.Linear(36, 36, bias=False), nn.Linear(36, 36, bias=False)
+    b.weight = a.weight
+    model = nn.Sequential(nn.Flatten(), a, nn.Tanh(), b, nn.Linear(36, 10))
+    targets = [torch.ones(1, *p.shape) for p in model.parameters()]
+    with pytest.raises(ValueError, match="tied"):
+        batched_invert(model, targets, torch.zeros(1, 1, dtype=torch.long), SHAPE, BOX,
+                       config=InversionConfig(max_iterations=2))
