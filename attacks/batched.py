@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from attacks.inversion import InversionConfig
-from attacks.models import dropout_sites, set_masks
+from attacks.inversion import InversionConfig, _clamp_, _n_classes, _prepare_box
+from attacks.models import activation_shapes, dropout_sites, set_masks
 
 ATTACKS = ("ig", "dia", "informed")
 
@@ -51,26 +51,10 @@ def gram_compatible(model: nn.Module) -> bool:
     return all(id(p) in linear for p in model.parameters())
 
 
-def _activation_shapes(model: nn.Module, shape: tuple[int, ...], like: torch.Tensor) -> list[tuple[int, ...]]:
-    """The activation shape at each dropout site for an input batch of ``shape``."""
-    sites, shapes = dropout_sites(model), []
-    hooks = [s.register_forward_hook(lambda m, i, o: shapes.append(tuple(o.shape))) for s in sites]
-    was = model.training
-    try:
-        with torch.no_grad():
-            model.eval()
-            model(torch.zeros(shape, dtype=like.dtype, device=like.device))
-    finally:
-        model.train(was)
-        for h in hooks:
-            h.remove()
-    return shapes
-
-
 def initial_state(model, shape, attack, seeds, like):
     """x [V, *shape] ~ N(0, 1) and (DIA) masks ~ Bernoulli(1 - p), victim v from its own seed (as ``invert``)."""
     sites = dropout_sites(model)
-    act = _activation_shapes(model, shape, like) if attack == "dia" else []
+    act = activation_shapes(model, shape, like) if attack == "dia" else []
     xs, masks = [], [[] for _ in sites]
     for s in seeds:
         g = torch.Generator().manual_seed(int(s))
@@ -128,27 +112,36 @@ class _LinearTaps:
             h.remove()
 
 
-class _GramMatch:
-    """Per-victim cosine distance for Linear-only models, without materialising per-victim gradients."""
+class _Match:
+    """Per-victim cosine distance to the captured gradients: the parts both backends share."""
 
     def __init__(self, model: nn.Module, targets: list[torch.Tensor]):
         self.model = model
         self.taps = _LinearTaps(model)
-        order = {id(p): i for i, p in enumerate(model.parameters())}
-        self.w_index = [order[id(m.weight)] for m in self.taps.layers]
-        self.b_index = [order[id(m.bias)] if m.bias is not None else None for m in self.taps.layers]
+        self.order = {id(p): i for i, p in enumerate(model.parameters())}
+        self.w_index = [self.order[id(m.weight)] for m in self.taps.layers]
         self.targets = targets                                  # per parameter: [V, *param shape]
         self.t_norm = torch.sqrt(sum(t.flatten(1).pow(2).sum(1) for t in targets))
 
-    def select(self, idx: torch.Tensor) -> "_GramMatch":
-        out = object.__new__(_GramMatch)
+    def select(self, idx: torch.Tensor):
+        """The same matcher for the victims ``idx`` only."""
+        out = object.__new__(type(self))
         out.__dict__.update(self.__dict__)
         out.targets = [t[idx] for t in self.targets]
         out.t_norm = self.t_norm[idx]
         return out
 
     def close(self):
+        """Remove the hooks from the model."""
         self.taps.close()
+
+
+class _GramMatch(_Match):
+    """Per-victim cosine distance for Linear-only models, without materialising per-victim gradients."""
+
+    def __init__(self, model: nn.Module, targets: list[torch.Tensor]):
+        super().__init__(model, targets)
+        self.b_index = [self.order[id(m.bias)] if m.bias is not None else None for m in self.taps.layers]
 
     def __call__(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         V, b = x.shape[:2]
@@ -176,7 +169,7 @@ class _GramMatch:
         return 1 - dot / (torch.sqrt(sq) * self.t_norm + 1e-12)
 
 
-class _VmapMatch:
+class _VmapMatch(_Match):
     """Per-victim cosine distance for any model without cross-sample operations (torch.func, vmapped).
 
     Inside each victim's function, nn.Linear weights use the closed form of ``_GramMatch`` (output gradients
@@ -190,30 +183,15 @@ class _VmapMatch:
         if fused:
             raise ValueError(f"nn.LayerNorm ({', '.join(fused)}) gives wrong second derivatives under vmap in this "
                              "torch version; use attacks.vision.LayerNorm (same parameters) or attacks.inversion.invert")
-        self.model = model
+        super().__init__(model, targets)
         self.sites = dropout_sites(model)
-        self.taps = _LinearTaps(model)
-        order = {id(p): i for i, p in enumerate(model.parameters())}
-        self.w_index = [order[id(m.weight)] for m in self.taps.layers]
         weights = set(self.w_index)
         named = list(model.named_parameters())
         self.fixed = {n: p.detach() for i, (n, p) in enumerate(named) if i in weights}
         self.free_index = [i for i in range(len(named)) if i not in weights]
         self.free = {named[i][0]: named[i][1].detach() for i in self.free_index}
         self.buffers = dict(model.named_buffers())
-        self.targets = targets
-        self.t_norm = torch.sqrt(sum(t.flatten(1).pow(2).sum(1) for t in targets))
         self._shapes: dict = {}
-
-    def close(self):
-        self.taps.close()
-
-    def select(self, idx: torch.Tensor) -> "_VmapMatch":
-        out = object.__new__(_VmapMatch)
-        out.__dict__.update(self.__dict__)
-        out.targets = [t[idx] for t in self.targets]
-        out.t_norm = self.t_norm[idx]
-        return out
 
     def distance(self, x, labels, masks, targets, t_norm, shapes):
         used = sorted(shapes)
@@ -334,24 +312,16 @@ def _check_inputs(model, targets, labels, shape, box, attack, true_masks, V, lik
     if bool((norms == 0).any()):
         raise ValueError(f"the captured gradient of victim(s) {torch.nonzero(norms == 0).flatten().tolist()} is all "
                          "zeros: the cosine loss is undefined")
-    lo, hi = (torch.as_tensor(b, dtype=torch.float64) for b in box)
-    if bool((lo >= hi).any()):
-        raise ValueError(f"the pixel box needs lo < hi, got {box}")
-    was = model.training
+    _prepare_box(box, shape, like)
     try:
-        with torch.no_grad():
-            model.eval()
-            out = model(torch.zeros(shape, dtype=like.dtype, device=like.device))
+        n_classes = _n_classes(model, shape, like)
     except (RuntimeError, ValueError) as e:
         raise ValueError(f"the model cannot take an input batch of shape {tuple(shape)}: {e}") from None
-    finally:
-        model.train(was)
-    n_classes = out.shape[-1]
     if bool((labels < 0).any()) or bool((labels >= n_classes).any()):
         raise ValueError(f"labels must be in 0..{n_classes - 1}, got values {labels.unique().tolist()}")
     sites = dropout_sites(model)
     if attack == "informed" and true_masks is not None:
-        act = _activation_shapes(model, shape, like)
+        act = activation_shapes(model, shape, like)
         if len(true_masks) != len(sites) or any(tuple(m.shape) != (V, *a) for m, a in zip(true_masks, act)):
             raise ValueError(f"true_masks must hold one [victims, *activation shape] tensor per dropout site "
                              f"({len(sites)} sites: {[(V, *a) for a in act]}), got "
@@ -410,7 +380,7 @@ def batched_invert(model: nn.Module, targets: list[torch.Tensor], labels: torch.
     check_every = check_every or (1 if device.type == "cpu" else 25)
 
     start = time.perf_counter()
-    box = tuple(torch.as_tensor(b, dtype=like.dtype, device=device) for b in box)
+    box = _prepare_box(box, shape, like)
     ps = [s.p for s in sites]
     x, masks = initial_state(model, shape, attack, seeds, like)
     fixed = [m.detach().to(like) for m in true_masks] if attack == "informed" else None
@@ -468,7 +438,7 @@ def _optimise(model, match, params, sites, ps, x, masks, fixed, labels_a, box, a
             grads[0] = grads[0].sign()
         adam.step(variables, grads, running)
         with torch.no_grad():
-            variables[0].clamp_(*box)
+            _clamp_(variables[0], box)
             for m in variables[1:]:
                 m.clamp_(0, 1)
         value = loss.detach().double()

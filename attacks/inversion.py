@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attacks.models import dropout_sites, set_masks
+from attacks.models import activation_shapes, dropout_sites, set_masks
 
 
 @dataclass(frozen=True)
@@ -308,17 +308,7 @@ def _invert_trial(model: nn.Module, params: list[torch.Tensor], target: list[tor
     variables = [x]
     if attack == "dia":
         masks = []
-        with torch.no_grad():
-            set_masks(model, None)
-            model.eval()
-            probe, acts = x.detach(), []
-            hooks = [s.register_forward_hook(lambda m, i, o: acts.append(o.shape)) for s in sites]
-            try:
-                model(probe)
-            finally:
-                for h in hooks:
-                    h.remove()
-        for p_l, act_shape in zip(ps, acts):
+        for p_l, act_shape in zip(ps, activation_shapes(model, shape, params[0])):
             masks.append((torch.rand(act_shape, generator=g) >= p_l).to(params[0]).requires_grad_(True))
         variables += masks
     opt = torch.optim.Adam(variables, lr=config.lr, betas=(0.9, 0.999))

@@ -50,6 +50,26 @@ def set_masks(model: nn.Module, masks: list[torch.Tensor] | None) -> None:
         site.mask = None if masks is None else masks[i]
 
 
+def activation_shapes(model: nn.Module, shape: tuple[int, ...], like: torch.Tensor) -> list[tuple[int, ...]]:
+    """The activation shape at each dropout site for an input batch of ``shape`` (one eval-mode probe forward on
+    zeros of ``like``'s dtype and device; the model's mode and masks are put back)."""
+    sites, shapes = dropout_sites(model), []
+    saved, was = [s.mask for s in sites], model.training
+    hooks = [s.register_forward_hook(lambda m, i, o: shapes.append(tuple(o.shape))) for s in sites]
+    try:
+        set_masks(model, None)
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(shape, dtype=like.dtype, device=like.device))
+    finally:
+        for h in hooks:
+            h.remove()
+        for s, mask in zip(sites, saved):
+            s.mask = mask
+        model.train(was)
+    return shapes
+
+
 class DropoutMLP(nn.Module):
     """The Dropout Inversion Attack paper's MLP: Flatten -> 3 x (Linear(512, no bias) -> GELU -> Dropout(p)) -> Linear."""
 

@@ -87,9 +87,6 @@ class LocalSGD:
             return
 
         def loss(row, x, y):
-            if model.training and any(getattr(m, "p", 0) > 0 for m in model.modules() if "Dropout" in type(m).__name__):
-                raise ValueError("batched local training cannot draw dropout masks inside vmap; train models with "
-                                 "active dropout with vectorized=False (the per-client loop), or call model.eval()")
             z = functional_call(model, spec.unflatten(row), (x,))
             return (torch.logsumexp(z, -1) - z.gather(-1, y[:, None])[:, 0]).mean()  # cross-entropy
 
@@ -102,6 +99,10 @@ class LocalSGD:
         losses = torch.zeros(len(clients), dtype=params.dtype, device=params.device)
         if self.steps == 0 or len(clients) == 0:
             return out, losses
+        if self.model.training and any(getattr(m, "p", 0) > 0 for m in self.model.modules()
+                                       if "Dropout" in type(m).__name__):
+            raise ValueError("batched local training cannot draw dropout masks inside vmap; train models with "
+                             "active dropout with vectorized=False (the per-client loop), or call model.eval()")
         idx = data.batch_indices(streams, clients, round, self.steps, self.batch_size)
         for start in range(0, len(clients), self.chunk):
             sl = slice(start, start + self.chunk)

@@ -40,45 +40,7 @@ from topologies.mixing import (
 from topologies.schedules import LinkFailures, PushSum, RandomMatching, Schedule, Static
 from topologies.spectral import describe, second_eigenvalue, spectral_gap
 
-__all__ = [
-    # errors
-    "TopologyError",
-    "DisconnectedGraphError",
-    "NotStochasticError",
-    "InvalidTopologyParameterError",
-    # generators
-    "ring",
-    "torus",
-    "complete",
-    "star",
-    "random_regular",
-    "erdos_renyi",
-    "watts_strogatz",
-    "barabasi_albert",
-    "exponential",
-    "from_edge_list",
-    "directed_ring",
-    "directed_exponential",
-    "validate",
-    "GENERATORS",
-    "build",
-    # mixing
-    "metropolis_hastings",
-    "max_degree",
-    "uniform_neighbour",
-    "push_sum_weights",
-    "check_stochastic",
-    "with_failed_links",
-    # spectral
-    "second_eigenvalue",
-    "spectral_gap",
-    "describe",
-    # schedules
-    "Schedule",
-    "Static",
-    "PushSum",
-    "RandomMatching",
-    "LinkFailures",
-    # drawing
-    "draw",
-]
+from topologies import drawing, errors, generators, mixing, schedules  # their __all__ lists
+
+__all__ = [*errors.__all__, *generators.__all__, *mixing.__all__, "second_eigenvalue", "spectral_gap", "describe",
+           *schedules.__all__, *drawing.__all__]

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from attacks.batched import _GramMatch, batched_invert, gram_compatible
+from attacks.experiment import victim_gradient
 from attacks.inversion import InversionConfig, cosine_distance, invert
 from attacks.models import DropoutMLP, dropout_sites
 
@@ -13,20 +14,16 @@ BOX = (-0.5, 3.0)
 SHAPE = (1, 1, 6, 6)
 
 
-def _victims(model, n, b=1, seed=0):
-    """n victims of b random 6x6 images each: gradients (train mode), true masks, labels."""
+def _victims(model, n, b=1, seed=0, image=(1, 6, 6)):
+    """n victims of b random images each: gradients (train mode), true masks, labels."""
     g = torch.Generator().manual_seed(seed)
     grads, masks, labels = [], [], []
     for _ in range(n):
-        x, y = torch.randn((b, 1, 6, 6), generator=g), torch.randint(0, 10, (b,), generator=g)
-        for s in dropout_sites(model):
-            s.record = True
-        model.train()
-        grads.append([t.detach() for t in torch.autograd.grad(F.cross_entropy(model(x), y), list(model.parameters()))])
-        masks.append([s.last_mask for s in dropout_sites(model)])
+        x, y = torch.randn((b, *image), generator=g), torch.randint(0, 10, (b,), generator=g)
+        grad, mask = victim_gradient(model, x, y)
+        grads.append(grad)
+        masks.append(mask or [])
         labels.append(y)
-        for s in dropout_sites(model):
-            s.record, s.last_mask = False, None
     stack = lambda rows: [torch.stack(col) for col in zip(*rows)]  # noqa: E731
     return grads, masks, stack(grads), stack(masks), torch.stack(labels)
 
@@ -160,23 +157,11 @@ def test_vmap_backend_on_vision_models_equals_the_loop(arch, attack):
     torch.manual_seed(2)
     model = (SmallViT(image_size=8, patch_size=4, dim=16, depth=1, heads=2, mlp_dim=16, p=0.3) if arch == "vit"
              else LeNet(channels=3, image_size=8, p=0.3, width=4))
-    g = torch.Generator().manual_seed(7)
-    grads, masks, labels = [], [], []
-    for _ in range(2):
-        x, y = torch.randn((1, 3, 8, 8), generator=g), torch.randint(0, 10, (1,), generator=g)
-        for s in dropout_sites(model):
-            s.record = True
-        model.train()
-        grads.append([t.detach() for t in torch.autograd.grad(F.cross_entropy(model(x), y), list(model.parameters()))])
-        masks.append([s.last_mask for s in dropout_sites(model)])
-        labels.append(y)
-        for s in dropout_sites(model):
-            s.record, s.last_mask = False, None
-    stack = lambda rows: [torch.stack(col) for col in zip(*rows)]  # noqa: E731
+    grads, masks, targets, true_masks, labels = _victims(model, 2, seed=7, image=(3, 8, 8))
     box = (torch.tensor([-1.0, -1.5, -2.0])[:, None, None], torch.tensor([1.0, 1.5, 2.0])[:, None, None])
     cfg = InversionConfig(max_iterations=12)
-    res = batched_invert(model, stack(grads), torch.stack(labels), (1, 3, 8, 8), box, attack,
-                         true_masks=stack(masks), config=cfg, seeds=[3, 4], backend="vmap")
+    res = batched_invert(model, targets, labels, (1, 3, 8, 8), box, attack,
+                         true_masks=true_masks, config=cfg, seeds=[3, 4], backend="vmap")
     for v in range(2):
         ref = invert(model, grads[v], labels[v], (1, 3, 8, 8), box, attack, true_masks=masks[v], config=cfg, seed=3 + v)
         assert float(res.loss[v]) == pytest.approx(ref.loss, abs=1e-5)
