@@ -59,9 +59,10 @@ def update_to_gradient(model: nn.Module, before: torch.Tensor, after: torch.Tens
 #   * Eavesdropper on all of i's incoming links and at least one outgoing link (which carries p_i): has
 #     every term, and sees the delivered flag of each message (put the Capture tap after the tap that drops
 #     messages), so it recovers u_i exactly in every round.
-#   * Push-sum: the payload is x, not z, and the weight w_i^t is not on the wire. Without drops w^t =
-#     W_{t-1} ... W_0 1 follows from the public schedule (``push_sum_weights``); with drops it depends on
-#     every drop in the network so far.
+#   * Push-sum: the payload is (x, w): the values x (not z) and, as its last entry, the weight w_i^t, which
+#     travels in the same message (a receiver needs it to mix). So whoever hears p_i^t also reads w_i^t.
+#     ``push_sum_weights`` rebuilds the weights from the public schedule and the drops (a cross-check: without
+#     drops w^t = W_{t-1} ... W_0 1; with drops it depends on every drop in the network so far).
 # ---------------------------------------------------------------------------------------------------------
 
 
@@ -128,13 +129,20 @@ def gossip_gradient(model: nn.Module, W, victim: int, previous: dict[int, torch.
     e.g. the public common initial model when t = 0) or the payloads of round t - 1 (sender -> payload),
     from which x^t = sum_k W~_victim,k p_k^{t-1} is rebuilt; then ``W`` is round t - 1's mixing matrix and
     ``lost`` the undelivered messages of round t - 1 (``lost_links``). ``weight``: the victim's push-sum
-    weight w^t (1 on undirected graphs; ``push_sum_weights``). Returns (z^t = x^t / w^t as a flat tensor,
-    (x^t - p^t) / (lr w^t) in ``model.parameters()`` layout); see the algebra above this function.
+    weight w^t (1 on undirected graphs); when ``directed`` it is read off the payload (its last entry, as the
+    weight travels with the values) and ``x^t`` may be given with or without its weight entry. Returns
+    (z^t = x^t / w^t as a flat tensor, (x^t - p^t) / (lr w^t) in ``model.parameters()`` layout); see the
+    algebra above this function.
     """
     if isinstance(previous, torch.Tensor):
         x = previous
     else:
         x = gossip_mixed(W, victim, previous, lost, directed, fill_missing)
+    if directed:
+        size = ParamSpec.of(model).size
+        if sent.numel() != size + 1:
+            raise ValueError(f"a push-sum payload holds the {size} parameters and the weight; got {sent.numel()} entries")
+        weight, sent, x = float(sent[-1]), sent[:-1], x[:size]
     if weight <= 0:
         raise ValueError(f"push-sum weight must be > 0, got {weight}")
     return x / weight, update_to_gradient(model, x, sent, lr * weight)

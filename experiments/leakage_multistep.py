@@ -68,7 +68,7 @@ def victim_updates(model, w0, x, y, lr, steps):
     data = ClientData.from_parts(x, y, [np.array([v]) for v in range(len(x))])
     trainer = LocalSGD(model, lr=lr, steps=steps, batch_size=1)
     clients = torch.arange(len(x))
-    w_s, _ = trainer.train(w0.expand(len(x), -1), clients, 0, data, Streams(0))
+    w_s = trainer.train(w0.expand(len(x), -1), clients, 0, data, Streams(0)).params
     return w_s
 
 

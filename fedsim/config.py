@@ -10,7 +10,7 @@ A config file looks like ``experiments/configs/quickstart.toml``::
     [data]        dataset, dir, test_fraction, partition, alpha, per_client
     [model]       name, hidden
     [algorithm]   name, lr, momentum, weight_decay, local_steps, batch_size, clients_per_round,
-                  active_fraction, same_init, weighted
+                  active_fraction, same_init, weighted, momentum_buffer
     [topology]    name, k, p, m, path, mixing, schedule, q
     [taps]        link_drop
 """
@@ -88,6 +88,14 @@ class AlgorithmConfig:
     active_fraction: float = 1.0     # gossip: share of nodes that train each round
     same_init: bool = True           # gossip: all nodes start from one model
     weighted: bool = True            # fedavg: weight clients by their sample counts
+    momentum_buffer: str = "auto"    # auto (gossip: keep, fedavg: reset) | keep (across rounds) | reset (every round)
+
+    @property
+    def keep_momentum(self) -> bool:
+        """Whether momentum buffers live across rounds (``momentum_buffer``, resolved for the algorithm)."""
+        if self.momentum_buffer == "auto":
+            return self.name == "gossip"
+        return self.momentum_buffer == "keep"
 
     def validate(self) -> None:
         _choice("algorithm.name", self.name, ("fedavg", "gossip"))
@@ -100,6 +108,14 @@ class AlgorithmConfig:
         _positive("algorithm.clients_per_round", self.clients_per_round, zero_ok=True)
         if not 0 < self.active_fraction <= 1:
             raise ConfigError(f"algorithm.active_fraction must be in (0, 1], got {self.active_fraction!r}")
+        _choice("algorithm.momentum_buffer", self.momentum_buffer, ("auto", "keep", "reset"))
+        if self.momentum and self.local_steps == 0:
+            raise ConfigError(f"algorithm.momentum = {self.momentum!r} has no effect with algorithm.local_steps = 0 "
+                              "(plain averaging); set momentum = 0 or take local steps")
+        if self.momentum and self.local_steps == 1 and not self.keep_momentum:
+            raise ConfigError(f"algorithm.momentum = {self.momentum!r} has no effect with algorithm.local_steps = 1 "
+                              f"when the buffers restart every round (algorithm.momentum_buffer = "
+                              f"{self.momentum_buffer!r}); set algorithm.momentum_buffer = 'keep' or more local steps")
 
 
 @dataclass(frozen=True)

@@ -136,8 +136,12 @@ def simulate(algorithm, fed: Federation, rounds: int, *, state=None, start_round
     chain = [*taps, counter]
 
     def send(msgs: Messages) -> Messages:
+        edges = msgs.dst
         for tap in chain:
             msgs = tap(msgs)
+            if msgs.dst is not edges and not torch.equal(msgs.dst, edges):
+                raise ValueError(f"tap {tap!r} changed the edges of a {msgs.kind} batch; taps may change "
+                                 "payloads and deliveries, never who sends to whom")
         return msgs
 
     for t in range(start_round, rounds):

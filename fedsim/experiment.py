@@ -93,9 +93,10 @@ def build(cfg: RunConfig) -> Setup:
                        momentum=alg.momentum, weight_decay=alg.weight_decay)
     if alg.name == "fedavg":
         algorithm = FedAvg(trainer, alg.clients_per_round or cfg.clients, weighted=alg.weighted,
-                           vectorized=cfg.vectorized)
+                           vectorized=cfg.vectorized, keep_momentum=alg.keep_momentum)
     else:
-        algorithm = Gossip(trainer, alg.active_fraction, same_init=alg.same_init, vectorized=cfg.vectorized)
+        algorithm = Gossip(trainer, alg.active_fraction, same_init=alg.same_init, vectorized=cfg.vectorized,
+                           keep_momentum=alg.keep_momentum)
     taps = (LinkDrop(cfg.taps.link_drop, seed=cfg.seed),) if cfg.taps.link_drop else ()
     return Setup(algorithm, fed, taps)
 
@@ -103,7 +104,8 @@ def build(cfg: RunConfig) -> Setup:
 def save_checkpoint(path: Path, round: int, state, history: list[dict], config_toml: str) -> None:
     """Atomically save a resumable checkpoint (state tensors, history, config)."""
     payload = {"round": round, "state_type": type(state).__name__,
-               "state": {f.name: getattr(state, f.name).cpu() for f in dataclasses.fields(state)},
+               "state": {f.name: None if getattr(state, f.name) is None else getattr(state, f.name).cpu()
+                         for f in dataclasses.fields(state)},
                "history": history, "config": config_toml}
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     os.close(fd)

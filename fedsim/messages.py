@@ -3,13 +3,17 @@
 A ``Messages`` batch holds one payload row per sender and one entry per (sender -> receiver) edge,
 so a gossip broadcast to k neighbours stores the model once, not k times. Every batch an algorithm
 sends passes the engine's taps in order; a tap returns the batch, possibly with some edges marked
-undelivered (an injected link drop). The algorithm then uses only delivered edges.
+undelivered (an injected link drop) or with another payload (noise, quantisation, a defence: a tap may
+also give every edge its own payload row by changing ``payload`` and ``src`` together). A tap never adds,
+removes or reorders edges (``dst``). Receivers use what arrived: the payload rows of the delivered
+edges after the last tap, never the sender's own copy.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 
@@ -54,6 +58,34 @@ class Messages:
         """A copy with the edges in ``mask`` marked undelivered."""
         return dataclasses.replace(self, delivered=self.delivered & ~mask.to(self.delivered.device))
 
+    def with_payload(self, payload: torch.Tensor) -> "Messages":
+        """A copy carrying ``payload`` (same rows as before) instead: what a perturbing tap returns."""
+        if payload.shape[0] != self.payload.shape[0]:
+            raise ValueError(f"a tap must keep one payload row per sender ({self.payload.shape[0]}), "
+                             f"got {payload.shape[0]}")
+        return dataclasses.replace(self, payload=payload)
+
+    def arrived(self) -> "Arrived":
+        """Sender, receiver and payload of every delivered edge, in edge order.
+
+        The payload of a broadcast with one row (a server's downlink) is an expanded view, not a copy.
+        """
+        ok = self.delivered.to(self.src.device)
+        src = self.src[ok]
+        if self.payload.shape[0] == 1:
+            payload = self.payload.expand(len(src), *self.payload.shape[1:])
+        else:
+            payload = self.payload[src.to(self.payload.device)]
+        return Arrived(self.senders[src.to(self.senders.device)], self.dst[ok.to(self.dst.device)], payload)
+
+
+class Arrived(NamedTuple):
+    """The delivered edges of a batch (``Messages.arrived``)."""
+
+    senders: torch.Tensor    # [k] sender client id
+    receivers: torch.Tensor  # [k] receiving client id (SERVER for the server)
+    payload: torch.Tensor    # [k, P] what each receiver got, after the taps
+
 
 @dataclass
 class ByteCounter:
@@ -77,9 +109,18 @@ class ByteCounter:
         return out
 
 
+def edge_keys(senders: torch.Tensor, receivers: torch.Tensor) -> torch.Tensor:
+    """One int64 per (sender, receiver) pair of client ids (``SERVER`` = -1 included), for keyed draws."""
+    return (senders.to(torch.int64) + 1) * (1 << 32) + (receivers.to(torch.int64) + 1)
+
+
 @dataclass(frozen=True)
 class LinkDrop:
-    """Drops every edge independently with probability ``p``, from the ``linkdrop`` stream of ``seed``."""
+    """Drops every edge independently with probability ``p``.
+
+    The fate of the message sender -> receiver in round t is drawn from the ``linkdrop/<kind>`` stream of
+    ``seed`` keyed by (sender, receiver, t), so it does not depend on which other messages exist.
+    """
 
     p: float
     seed: int = 0
@@ -92,8 +133,9 @@ class LinkDrop:
     def __call__(self, msgs: Messages) -> Messages:
         if self.p == 0 or msgs.kind not in self.kinds or len(msgs.dst) == 0:
             return msgs
-        g = Streams(self.seed).generator(f"linkdrop/{msgs.kind}", round=msgs.round)
-        return msgs.drop(torch.rand(len(msgs.dst), generator=g) < self.p)
+        keys = edge_keys(msgs.edge_senders, msgs.dst).cpu()
+        u = Streams(self.seed).uniform(f"linkdrop/{msgs.kind}", keys, msgs.round, dtype=torch.float64)
+        return msgs.drop(u < self.p)
 
 
 @dataclass(frozen=True)

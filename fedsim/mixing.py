@@ -1,5 +1,10 @@
 """Gossip mixing over the stacked population: ``x <- W x`` as one sparse matmul.
 
+The combine step uses what arrived: node i's result is ``W~_ii own_i + sum_e W_ij payload_e`` over the
+delivered messages e = (j -> i) of the round, after the taps (``SparseW.mix``). When no tap changed the
+payload (it is the senders' own rows) this is one sparse matmul ``W~ @ x``; otherwise the off-diagonal
+part multiplies the payload rows directly (one more sparse matmul, no per-edge copies).
+
 ``SparseW`` holds a scipy mixing matrix as torch CSR on the population's device, with the diagonal
 always stored so that undelivered messages can fall back to the node's own weight:
 
@@ -80,6 +85,45 @@ class SparseW:
         if x.ndim == 1:
             return self.matmul(x[:, None])[:, 0]
         return torch.sparse.mm(self.to_csr(), x)
+
+    def mix(self, own: torch.Tensor, payload: torch.Tensor, src: torch.Tensor,
+            delivered: torch.Tensor) -> torch.Tensor:
+        """Combine ``own`` [n, P] with the payload rows that arrived over this matrix's edges.
+
+        Edge e (in ``edges()`` order) carries ``payload[src[e]]``; undelivered edges fall back as in
+        ``with_delivered``. Equals ``with_delivered(delivered).matmul(own)`` when every payload row is the
+        sender's own row.
+        """
+        W = self.with_delivered(delivered)
+        src = src.to(self.cols.device)
+        if payload is own and torch.equal(src, self.cols[self.off]):
+            return W.matmul(own)
+        if own.ndim == 1:
+            return self.mix(own[:, None], payload[:, None], src, delivered)[:, 0]
+        diag = W.vals[W.diag_pos]
+        rows = self.rows[self.off]
+        order = torch.argsort(rows * len(payload) + src)   # CSR: by receiver, then by payload row
+        crow = torch.zeros(self.n + 1, dtype=torch.int64, device=rows.device)
+        crow[1:] = torch.cumsum(torch.bincount(rows, minlength=self.n), 0)
+        with warnings.catch_warnings():  # "sparse CSR support is in beta"
+            warnings.simplefilter("ignore", UserWarning)
+            received = torch.sparse_csr_tensor(crow, src[order], W.vals[self.off][order],
+                                               size=(self.n, len(payload)), check_invariants=False)
+        return torch.addcmul(torch.sparse.mm(received, payload.to(own.dtype)), diag[:, None], own)
+
+    def mix_loop(self, own: torch.Tensor, payload: torch.Tensor, src: torch.Tensor,
+                 delivered: torch.Tensor) -> torch.Tensor:
+        """Reference ``mix``: a Python loop over receivers, each adding up the messages it got."""
+        W = self.with_delivered(delivered)
+        senders, receivers = self.edges()
+        out = torch.empty_like(own)
+        for i in range(self.n):
+            acc = W.vals[W.diag_pos[i]] * own[i]
+            for e in torch.nonzero(receivers == i).flatten().tolist():
+                if bool(delivered[e]):
+                    acc = acc + W.vals[self.off[e]] * payload[int(src[e])]
+            out[i] = acc
+        return out
 
     def matmul_loop(self, x: torch.Tensor) -> torch.Tensor:
         """Reference ``W @ x``: a Python loop over nodes, each averaging the models it received."""

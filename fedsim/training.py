@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -61,11 +62,22 @@ class ClientData:
         return torch.gather(self.index[clients], 1, local.reshape(len(clients), -1)).reshape(local.shape)
 
 
+class Trained(NamedTuple):
+    """What local training returns for the m clients it trained."""
+
+    params: torch.Tensor            # [m, P] parameters after the local steps
+    losses: torch.Tensor            # [m] mean training loss over the steps
+    momentum: torch.Tensor | None   # [m, P] momentum buffers after the steps (None when momentum = 0)
+
+
 @dataclass(frozen=True)
 class LocalSGD:
     """``steps`` steps of mini-batch SGD (cross-entropy, optional momentum and weight decay) per round.
 
-    Momentum buffers start at zero every round (local optimiser state is not kept between rounds).
+    The momentum buffers are the caller's state: ``train(..., momentum=buf)`` starts from ``buf`` (zeros
+    when omitted) and returns the buffers after the steps, so an algorithm decides whether they live for a
+    round (FedAvg's default) or as long as the client (gossip's default). The update is torch.optim.SGD's:
+    ``g += weight_decay * p; buf = momentum * buf + g; p -= lr * buf``.
     """
 
     model: nn.Module
@@ -92,13 +104,23 @@ class LocalSGD:
 
         object.__setattr__(self, "_grad", vmap(grad_and_value(loss)))
 
+    def _start_buffers(self, params: torch.Tensor, momentum: torch.Tensor | None) -> torch.Tensor | None:
+        if not self.momentum:
+            return None
+        if momentum is None:
+            return torch.zeros_like(params)
+        if momentum.shape != params.shape:
+            raise ValueError(f"momentum buffers have shape {tuple(momentum.shape)}, parameters {tuple(params.shape)}")
+        return momentum.clone()
+
     def train(self, params: torch.Tensor, clients: torch.Tensor, round: int, data: ClientData,
-              streams: Streams) -> tuple[torch.Tensor, torch.Tensor]:
-        """Batched local training. Returns (new params ``[m, P]``, mean training loss per client ``[m]``)."""
+              streams: Streams, momentum: torch.Tensor | None = None) -> Trained:
+        """Batched local training of ``clients`` from ``params`` [m, P] (and momentum buffers [m, P])."""
         out = params.clone()
+        buffers = self._start_buffers(params, momentum)
         losses = torch.zeros(len(clients), dtype=params.dtype, device=params.device)
         if self.steps == 0 or len(clients) == 0:
-            return out, losses
+            return Trained(out, losses, buffers)
         if self.model.training and any(getattr(m, "p", 0) > 0 for m in self.model.modules()
                                        if "Dropout" in type(m).__name__):
             raise ValueError("batched local training cannot draw dropout masks inside vmap; train models with "
@@ -107,7 +129,7 @@ class LocalSGD:
         for start in range(0, len(clients), self.chunk):
             sl = slice(start, start + self.chunk)
             p = out[sl]
-            buf = torch.zeros_like(p) if self.momentum else None
+            buf = buffers[sl] if buffers is not None else None
             for s in range(self.steps):
                 batch = idx[sl, s]
                 g, loss = self._grad(p, data.x[batch], data.y[batch])
@@ -117,21 +139,24 @@ class LocalSGD:
                     g = buf.mul_(self.momentum).add_(g)
                 p.sub_(g, alpha=self.lr)
                 losses[sl] += loss.detach()
-        return out, losses / self.steps
+        return Trained(out, losses / self.steps, buffers)
 
     def train_loop(self, params: torch.Tensor, clients: torch.Tensor, round: int, data: ClientData,
-                   streams: Streams) -> tuple[torch.Tensor, torch.Tensor]:
+                   streams: Streams, momentum: torch.Tensor | None = None) -> Trained:
         """Reference implementation: one ``nn.Module`` and ``torch.optim.SGD`` per client, in a Python loop."""
         out = params.clone()
+        buffers = self._start_buffers(params, momentum)
         losses = torch.zeros(len(clients), dtype=params.dtype, device=params.device)
         if self.steps == 0:
-            return out, losses
+            return Trained(out, losses, buffers)
         model = copy.deepcopy(self.model).to(device=params.device, dtype=params.dtype)
         cuda = params.device.type == "cuda"
         with torch.random.fork_rng(devices=[params.device] if cuda else []):
-            return self._loop(model, out, losses, params, clients, round, data, streams)
+            self._loop(model, out, buffers, losses, params, clients, round, data, streams)
+        return Trained(out, losses / self.steps, buffers)
 
-    def _loop(self, model, out, losses, params, clients, round, data, streams):
+    def _loop(self, model, out, buffers, losses, params, clients, round, data, streams):
+        spec = ParamSpec.of(model)
         for r, client in enumerate(clients.tolist()):
             idx = data.batch_indices(streams, torch.tensor([client]), round, self.steps, self.batch_size)[0]
             # dropout (or any other torch randomness in the model) draws from the (client, round) stream; only
@@ -144,6 +169,9 @@ class LocalSGD:
             torch.nn.utils.vector_to_parameters(params[r].clone(), model.parameters())
             opt = torch.optim.SGD(model.parameters(), lr=self.lr, momentum=self.momentum,
                                   weight_decay=self.weight_decay)
+            if buffers is not None:  # the client's buffers from earlier rounds (zeros: torch's fresh start)
+                for p, b in zip(model.parameters(), spec.unflatten(buffers[r]).values()):
+                    opt.state[p]["momentum_buffer"] = b.clone()
             for s in range(self.steps):
                 opt.zero_grad()
                 loss = F.cross_entropy(model(data.x[idx[s]]), data.y[idx[s]])
@@ -151,7 +179,17 @@ class LocalSGD:
                 opt.step()
                 losses[r] += loss.detach()
             out[r] = torch.nn.utils.parameters_to_vector(model.parameters()).detach()
-        return out, losses / self.steps
+            if buffers is not None:
+                buffers[r] = torch.cat([opt.state[p]["momentum_buffer"].flatten() for p in model.parameters()])
+
+
+def check_momentum_has_effect(trainer: LocalSGD, keep_momentum: bool) -> None:
+    """Refuse a momentum that would silently do nothing (one local step from a fresh buffer every round)."""
+    if trainer.momentum and trainer.steps == 0:
+        raise ValueError(f"momentum = {trainer.momentum} has no effect without local steps (plain averaging)")
+    if trainer.momentum and not keep_momentum and trainer.steps == 1:
+        raise ValueError(f"momentum = {trainer.momentum} has no effect with one local step when the buffers "
+                         "restart every round; keep them across rounds or take more local steps")
 
 
 def mlp_layers(model: nn.Module) -> list[tuple[str, str]] | None:

@@ -279,7 +279,7 @@ def test_run_mnist_config(capsys, tmp_path, monkeypatch):
     out_dir = tmp_path / "mnist"
     code, out, err = cli(capsys, "run", CONFIG_DIR / "mnist_lenet_fedavg.toml", "--out", out_dir, "--no-progress",
                          "--set", "rounds=1", "--set", "clients=4", "--set", "algorithm.clients_per_round=2",
-                         "--set", "algorithm.local_steps=1")
+                         "--set", "algorithm.local_steps=1", "--set", "algorithm.momentum=0")
     assert code == 0, err
     assert "mnist-lenet-fedavg" in out
     (row,) = history_of(out_dir)

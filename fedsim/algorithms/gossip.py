@@ -2,9 +2,14 @@
 
 Every node i holds ``x_i`` and a push-sum weight ``w_i`` (1 on undirected graphs, where it stays 1);
 its model is ``z_i = x_i / w_i``. A round: active nodes train ``z_i`` locally (``local_steps = 0``
-gives plain gossip averaging); every node sends ``x_i`` to its out-neighbours; taps may drop
-messages; then ``x <- W_t x`` and ``w <- W_t w`` with the round's delivered edges (``fedsim.mixing``).
-With a column-stochastic W_t this is stochastic gradient push (Assran et al., 2019).
+gives plain gossip averaging); every node sends ``x_i`` (with ``w_i`` under push-sum) to its
+out-neighbours; taps may drop or change messages; then every node combines its own ``x_i`` with the
+payloads that arrived, with the weights of the round's mixing matrix W_t (``SparseW.mix``):
+``x <- W_t x`` when nothing was lost or changed. With a column-stochastic W_t this is stochastic gradient
+push (Assran et al., 2019): the weight travels in the same message as the values, as the last column.
+
+Momentum buffers (``momentum > 0``) are per-node state, kept across rounds by default (a node is one
+long-lived optimiser); ``keep_momentum=False`` restarts them every round.
 """
 
 from __future__ import annotations
@@ -17,15 +22,17 @@ import torch
 from fedsim.messages import Messages
 from fedsim.mixing import SparseW
 from fedsim.state import init_population
-from fedsim.training import LocalSGD
+from fedsim.training import LocalSGD, check_momentum_has_effect
 
 
 @dataclass(frozen=True)
 class GossipState:
-    """Stacked node parameters ``x`` ``[N, P]`` and push-sum weights ``w`` ``[N]``."""
+    """Stacked node parameters ``x`` ``[N, P]``, push-sum weights ``w`` ``[N]`` and, with momentum, each
+    node's momentum buffer ``momentum`` ``[N, P]`` (None otherwise)."""
 
     x: torch.Tensor
     w: torch.Tensor
+    momentum: torch.Tensor | None = None
 
     @property
     def models(self) -> torch.Tensor:
@@ -50,13 +57,18 @@ class Gossip:
     same_init: bool = True
     vectorized: bool = True
     eval_nodes: int = 10
+    keep_momentum: bool = True
     _cache: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self):
+        check_momentum_has_effect(self.trainer, self.keep_momentum)
 
     def init(self, fed) -> GossipState:
         n = fed.data.n_clients
         x = init_population(self.trainer.model, torch.arange(n), fed.streams, shared=self.same_init,
                             dtype=fed.dtype, device=fed.device)
-        return GossipState(x, torch.ones(n, dtype=fed.dtype, device=fed.device))
+        buffers = torch.zeros_like(x) if self.trainer.momentum and self.keep_momentum else None
+        return GossipState(x, torch.ones(n, dtype=fed.dtype, device=fed.device), buffers)
 
     def _mixing(self, fed, t: int) -> SparseW:
         W = fed.schedule.at(t)
@@ -79,8 +91,10 @@ class Gossip:
         push_sum = fed.schedule.directed
         z = state.models if push_sum else state.x
         z_active = z if everyone else z[active]
+        kept = state.momentum
+        buf_active = None if kept is None else (kept if everyone else kept[active])
         train = self.trainer.train if self.vectorized else self.trainer.train_loop
-        z_new, losses = train(z_active, active, t, fed.data, fed.streams)
+        z_new, losses, buf_new = train(z_active, active, t, fed.data, fed.streams, momentum=buf_active)
         if push_sum:  # x = w z, so a change of z_i moves x_i by w_i times as much
             x = state.x.clone()
             x[active] += (z_new - z_active) * state.w[active, None]
@@ -89,14 +103,21 @@ class Gossip:
         else:
             x = state.x.clone()
             x[active] = z_new
+        momentum = kept
+        if kept is not None:
+            momentum = buf_new if everyone else kept.index_copy(0, active, buf_new)
 
         W = self._mixing(fed, t)
         senders, receivers = W.edges()
-        msgs = send(Messages.make(t, "gossip", torch.arange(n), x, senders, receivers))
-        W = W.with_delivered(msgs.delivered)
-        mix = W.matmul if self.vectorized else W.matmul_loop
-        w = mix(state.w[:, None])[:, 0] if push_sum else state.w
-        return GossipState(mix(x), w), {"train_loss": float(losses.mean()), "participants": len(active)}
+        own = torch.cat([x, state.w[:, None]], 1) if push_sum else x
+        msgs = send(Messages.make(t, "gossip", torch.arange(n), own, senders, receivers))
+        mix = W.mix if self.vectorized else W.mix_loop
+        mixed = mix(own, msgs.payload, msgs.src, msgs.delivered)
+        if push_sum:
+            new = GossipState(mixed[:, :-1].contiguous(), mixed[:, -1].contiguous(), momentum)
+        else:
+            new = GossipState(mixed, state.w, momentum)
+        return new, {"train_loss": float(losses.mean()), "participants": len(active)}
 
     def diagnostics(self, state: GossipState) -> dict[str, float]:
         """Extra metrics computed on evaluation rounds."""

@@ -7,7 +7,7 @@ Y_i (the sum of its edge duals). A round:
    g_i(U) = N w_i f_i(U) + <Y_i, U> + rho sum_{j in N(i)} ||U - (U_i + U_j)/2||^2
    (w_i = n_i / sum n: the network then minimizes the same pooled objective as FedPG);
 2. every node sends its new U_i to its neighbours (one gossip message per edge, through the taps);
-3. dual update Y_i <- Y_i + rho sum_{j in N(i)} (U_i - U_j).
+3. dual update Y_i <- Y_i + rho sum_{j in N(i)} (U_i - U_j), with the U_j that arrived (after the taps).
 
 sum_i Y_i stays 0 on an undirected graph, so at a consensus fixed point span(U) is an invariant subspace of
 the pooled matrix (the top-k one in practice). A message lost by a tap counts as agreement for that round
@@ -74,11 +74,15 @@ class DecentralizedFedPG:
             self._cache["W"] = (W, SparseW.from_scipy(W, device=fed.clients.C.device, dtype=fed.clients.C.dtype))
         return self._cache["W"][1]
 
-    def _neighbour_sum(self, W: SparseW, delivered: torch.Tensor, U: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(sum of the U_j a node received, number of neighbours) with undelivered U_j replaced by U_i."""
+    def _neighbour_sum(self, W: SparseW, delivered: torch.Tensor, U: torch.Tensor,
+                       received: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sum of the U_j a node received, number of neighbours) with undelivered U_j replaced by U_i.
+
+        ``received`` [e, d, k]: what each edge carried after the taps (default: the senders' own U_j).
+        """
         senders, receivers = W.edges()
         n, d, k = U.shape
-        gathered = torch.where(delivered[:, None, None], U[senders], U[receivers])
+        gathered = torch.where(delivered[:, None, None], U[senders] if received is None else received, U[receivers])
         total = torch.zeros_like(U).index_add_(0, receivers, gathered)
         degree = torch.zeros(n, dtype=U.dtype, device=U.device).index_add_(0, receivers, torch.ones_like(senders, dtype=U.dtype))
         return total, degree
@@ -95,7 +99,8 @@ class DecentralizedFedPG:
         B = state.Y - self.rho * (degree[:, None, None] * state.U + total)
         U = riemannian_steps(state.U, A, B, self.eta, self.local_steps, qr_retract, stiefel_project)
         msgs = send(Messages.make(t, "gossip", torch.arange(n), U.reshape(n, -1), senders, receivers))
-        total, degree = self._neighbour_sum(W, msgs.delivered.to(U.device), U)
+        received = msgs.payload[msgs.src.to(msgs.payload.device)].reshape(-1, d, self.k).to(U)  # after the taps
+        total, degree = self._neighbour_sum(W, msgs.delivered.to(U.device), U, received)
         Y = state.Y + self.rho * (degree[:, None, None] * U - total)
         return DecentralizedState(U, Y, total, degree), {"participants": n}
 

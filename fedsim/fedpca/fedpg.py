@@ -14,6 +14,9 @@ Clean variant, one round:
    matrices; ``retraction="qr"`` uses Householder QR with a sign fix);
 4. it uploads (U_i, Y_i); the server sets Z <- polar( sum_i w_i (U_i + Y_i / rho) ), w_i = n_i / sum_S n_j.
 
+Receivers use what arrived: a client's dual update and local steps use the Z of its downlink message and the
+server's Z-step the uploads that reached it, after the taps (noise or quantisation taps change the result).
+
 All sampled clients' steps run batched (batched matmul + batched QR), float64 by default.
 
 Projection. f_i depends only on span(U), but the ADMM terms depend on the representative U, so L_i lives on
@@ -255,15 +258,16 @@ class FedPG:
         U = self._local_steps(state, S, fed.clients)
         up = send(Messages.make(t, "uplink", S, self._upload(U, state.Y[S]), torch.arange(len(S)),
                                 torch.full((len(S),), SERVER)))
-        ok = up.delivered.to(dev)
+        senders, _, payload = up.arrived()
+        senders = senders.to(dev)
         new_U = state.U.clone()
         new_U[S] = U
         seen = state.seen.clone()
         seen[S] = True
         trained = torch.zeros_like(seen)
-        trained[S[ok]] = True
-        Z = self._aggregate(state, S[ok], U[ok], fed.clients) if bool(ok.any()) else state.Z
-        metrics = {"participants": int(ok.sum())}
+        trained[senders] = True
+        Z = self._aggregate(senders, payload.to(dev), fed.clients) if len(senders) else state.Z
+        metrics = {"participants": len(senders)}
         return FedPGState(Z, new_U, state.Y, state.Z_local, state.T, seen, trained), metrics
 
     def _deliver(self, state: FedPGState, t: int, recipients: torch.Tensor, send) -> tuple[FedPGState, torch.Tensor]:
@@ -271,13 +275,16 @@ class FedPG:
         it took part before). Returns the new state and a mask of who received Z."""
         down = send(Messages.make(t, "downlink", [SERVER], state.Z.reshape(1, -1), torch.zeros(len(recipients)),
                                   recipients))
-        got = recipients[down.delivered.to(recipients.device)]
+        _, got, Z_got = down.arrived()   # each client uses the Z that reached it
+        got = got.to(recipients.device)
+        Z_got = Z_got.reshape(len(got), *state.Z.shape).to(state.Z)
         Y, T, Z_local = state.Y.clone(), state.T.clone(), state.Z_local.clone()
-        update = got if self.variant == "paper" else got[state.seen[got]]
-        Y[update] += self.rho * (state.U[update] - state.Z)
+        mask = torch.ones_like(got, dtype=torch.bool) if self.variant == "paper" else state.seen[got]
+        update = got[mask]
+        Y[update] += self.rho * (state.U[update] - Z_got[mask])
         if self.method == "euclidean":
             T[update] += self.rho * penalty(state.U[update])
-        Z_local[got] = state.Z
+        Z_local[got] = Z_got
         received = torch.zeros_like(state.seen)
         received[got] = True
         return FedPGState(state.Z, state.U, Y, Z_local, T, state.seen, state.last_round), received
@@ -307,12 +314,16 @@ class FedPG:
             return flat_U
         return torch.cat([flat_U, Y.reshape(len(U), U.shape[-2] * U.shape[-1])], dim=1)
 
-    def _aggregate(self, state: FedPGState, S: torch.Tensor, U: torch.Tensor, clients: PCAClients) -> torch.Tensor:
-        n = clients.n[S]
+    def _aggregate(self, senders: torch.Tensor, payload: torch.Tensor, clients: PCAClients) -> torch.Tensor:
+        """The server's Z-step from the uploads that arrived: (U_i) in the paper variant, (U_i, Y_i) otherwise."""
+        d, k = clients.d, self.k
+        n = clients.n[senders]
         w = (n / n.sum())[:, None, None]
+        U = payload[:, :d * k].reshape(-1, d, k)
         if self.variant == "paper":
             return (w * U).sum(0)
-        return orthonormalize((w * (U + state.Y[S] / self.rho)).sum(0))
+        Y = payload[:, d * k:].reshape(-1, d, k)
+        return orthonormalize((w * (U + Y / self.rho)).sum(0))
 
     # -- evaluation ------------------------------------------------------------------------------------
     def subspace(self, state: FedPGState) -> torch.Tensor:

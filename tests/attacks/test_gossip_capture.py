@@ -180,9 +180,10 @@ def test_push_sum_recovery_with_weights_and_drops(digits):
     w = push_sum_weights(sched, T, lost)
     state = simulate(alg, fed, T, taps=[LinkDrop(0.3, seed=4)], eval_every=0).state
     assert np.allclose(w, state.w.numpy(), atol=1e-12)
+    sent = captured_payloads(everything.records, T)[VICTIM]
+    assert float(sent[-1]) == pytest.approx(float(w[VICTIM]), abs=1e-12)   # the weight travels with the values
     z, grads = gossip_gradient(alg.trainer.model, sched.at(T - 1), VICTIM, captured_payloads(everything.records, T - 1),
-                               captured_payloads(everything.records, T)[VICTIM], LR, lost=lost[T - 1],
-                               directed=True, weight=float(w[VICTIM]))
+                               sent, LR, lost=lost[T - 1], directed=True)
     assert float((z - state.models[VICTIM]).abs().max()) < 1e-12
     assert rel_err(grads, true_gradient(alg, fed, VICTIM, T, state.models[VICTIM])) < TOL[torch.float64]
 

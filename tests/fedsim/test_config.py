@@ -98,8 +98,8 @@ def test_roundtrip_of_non_default_values():
                         alpha=1e-3, per_client=5),
         model=ModelConfig(name="mlp", hidden=(64, 32, 16)),
         algorithm=AlgorithmConfig(name="gossip", lr=0.30000000000000004, momentum=0.5, weight_decay=1e-4,
-                                  local_steps=0, batch_size=8, active_fraction=0.5, same_init=False,
-                                  weighted=False),
+                                  local_steps=3, batch_size=8, active_fraction=0.5, same_init=False,
+                                  weighted=False, momentum_buffer="reset"),
         topology=TopologyConfig(name="watts_strogatz", k=2, p=0.25, m=3, path="edges.txt", mixing="uniform",
                                 schedule="static", q=0.75),
         taps=TapsConfig(link_drop=1.0),
@@ -252,7 +252,7 @@ def test_out_of_range_names_key_and_value(dotted, value, fragments):
 @pytest.mark.parametrize("overrides", [
     {"algorithm.local_steps": 0},
     {"algorithm.momentum": 0.0},
-    {"algorithm.momentum": 0.99},
+    {"algorithm.momentum": 0.99, "algorithm.local_steps": 2},
     {"taps.link_drop": 0.0},
     {"taps.link_drop": 1.0},
     {"topology.q": 0.0},
@@ -409,3 +409,24 @@ def test_infinite_numbers_are_rejected():
 
 def test_string_override_given_as_number_stays_a_string():
     assert replace(RunConfig(), {"name": 2024}).name == "2024"
+
+
+@pytest.mark.parametrize("overrides, key", [
+    ({"algorithm.momentum": 0.9, "algorithm.local_steps": 1}, "algorithm.momentum_buffer"),   # FedAvg resets
+    ({"algorithm.momentum": 0.9, "algorithm.local_steps": 0}, "algorithm.local_steps = 0"),
+    ({"algorithm.name": "gossip", "topology.name": "ring", "algorithm.momentum": 0.9, "algorithm.local_steps": 1,
+      "algorithm.momentum_buffer": "reset"}, "algorithm.momentum_buffer"),
+])
+def test_momentum_that_would_do_nothing_is_refused(overrides, key):
+    with pytest.raises(ConfigError, match=key):
+        replace(RunConfig(), overrides)
+
+
+def test_momentum_buffer_resolves_per_algorithm():
+    fedavg = replace(RunConfig(), {"algorithm.momentum": 0.9, "algorithm.local_steps": 1,
+                                   "algorithm.momentum_buffer": "keep"})
+    gossip = replace(RunConfig(), {"algorithm.name": "gossip", "topology.name": "ring", "algorithm.momentum": 0.9})
+    assert fedavg.algorithm.keep_momentum and gossip.algorithm.keep_momentum
+    assert not RunConfig().algorithm.keep_momentum
+    with pytest.raises(ConfigError, match="momentum_buffer"):
+        replace(RunConfig(), {"algorithm.momentum_buffer": "sometimes"})

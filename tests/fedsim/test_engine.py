@@ -53,7 +53,7 @@ def test_fedavg_round_is_weighted_mean_of_local_models(small_fed, mlp, trainer):
     alg = FedAvg(tr, clients_per_round=8)
     state0 = alg.init(small_fed)
     clients = torch.arange(8)
-    local, _ = tr.train_loop(state0.params.expand(8, -1), clients, 0, small_fed.data, small_fed.streams)
+    local = tr.train_loop(state0.params.expand(8, -1), clients, 0, small_fed.data, small_fed.streams).params
     w = small_fed.data.counts.double()
     want = (local.double() * w[:, None]).sum(0) / w.sum()
     got = simulate(alg, small_fed, 1, eval_every=100).state.params
@@ -131,7 +131,7 @@ def test_capture_sees_exactly_the_uploaded_local_models(small_fed, mlp, trainer)
     assert len(cap.records) == 4 and all(r.round == 0 and r.receiver == SERVER for r in cap.records)
     clients = torch.tensor([r.sender for r in cap.records])
     g0 = alg.init(small_fed).params
-    local, _ = tr.train_loop(g0.expand(len(clients), -1), clients, 0, small_fed.data, small_fed.streams)
+    local = tr.train_loop(g0.expand(len(clients), -1), clients, 0, small_fed.data, small_fed.streams).params
     torch.testing.assert_close(torch.stack([r.payload for r in cap.records]), local, atol=ATOL, rtol=0)
 
 

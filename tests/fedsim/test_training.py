@@ -33,8 +33,8 @@ def test_lenet_is_not_taken_for_an_mlp():
 def test_fused_and_vmap_paths_train_identically(small_fed, mlp):
     params = init_population(mlp, torch.arange(8), Streams(1), shared=False)
     kw = dict(lr=0.1, steps=3, batch_size=16, momentum=0.5)
-    a, la = LocalSGD(mlp, fused_mlp=True, **kw).train(params, torch.arange(8), 0, small_fed.data, small_fed.streams)
-    b, lb = LocalSGD(mlp, fused_mlp=False, **kw).train(params, torch.arange(8), 0, small_fed.data, small_fed.streams)
+    a, la, _ = LocalSGD(mlp, fused_mlp=True, **kw).train(params, torch.arange(8), 0, small_fed.data, small_fed.streams)
+    b, lb, _ = LocalSGD(mlp, fused_mlp=False, **kw).train(params, torch.arange(8), 0, small_fed.data, small_fed.streams)
     torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
     torch.testing.assert_close(la, lb, atol=1e-6, rtol=0)
     assert (a - params).abs().max() > 1e-3
@@ -54,7 +54,7 @@ def test_batched_training_of_a_dropout_model_names_the_problem(small_fed):
     params = init_population(model, torch.arange(2), Streams(1), shared=False)
     with pytest.raises(ValueError, match="vectorized=False"):
         LocalSGD(model, lr=0.1).train(params, torch.arange(2), 0, small_fed.data, small_fed.streams)
-    out, _ = LocalSGD(model, lr=0.1).train_loop(params, torch.arange(2), 0, small_fed.data, small_fed.streams)
+    out = LocalSGD(model, lr=0.1).train_loop(params, torch.arange(2), 0, small_fed.data, small_fed.streams).params
     assert torch.isfinite(out).all()
 
 
@@ -66,12 +66,12 @@ def test_dropout_in_the_per_client_loop_comes_from_the_seeded_streams(small_fed)
     trainer = LocalSGD(model, lr=0.1, steps=2)
     torch.manual_seed(123)
     before = torch.random.get_rng_state()
-    a, _ = trainer.train_loop(params, torch.arange(3), 0, small_fed.data, small_fed.streams)
+    a = trainer.train_loop(params, torch.arange(3), 0, small_fed.data, small_fed.streams).params
     assert torch.equal(torch.random.get_rng_state(), before)            # the caller's RNG is left alone
     torch.manual_seed(999)                                              # ... and does not matter
-    b, _ = trainer.train_loop(params, torch.arange(3), 0, small_fed.data, small_fed.streams)
+    b = trainer.train_loop(params, torch.arange(3), 0, small_fed.data, small_fed.streams).params
     assert torch.equal(a, b)
-    c, _ = trainer.train_loop(params, torch.arange(3), 1, small_fed.data, small_fed.streams)
-    one, _ = trainer.train_loop(params[1:2], torch.tensor([1]), 0, small_fed.data, small_fed.streams)
+    c = trainer.train_loop(params, torch.arange(3), 1, small_fed.data, small_fed.streams).params
+    one = trainer.train_loop(params[1:2], torch.tensor([1]), 0, small_fed.data, small_fed.streams).params
     assert not torch.equal(a, c)                                        # another round, other masks
     assert torch.equal(one[0], a[1])                                    # a client's draws do not depend on the others
