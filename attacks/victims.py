@@ -22,7 +22,7 @@ def load_victims(name: str = "mnist", directory: str | Path | None = None) -> tu
     folder, fname = FILES[name]
     path = data_dir(directory) / folder / fname
     if not path.is_file():
-        raise DataNotFoundError(f"victim set {name!r} not found at {path}; set FEDSIM_DATA_DIR or pass a data dir")
+        raise DataNotFoundError(f"victim set {name!r} not found: no {path}", holding=f"{folder}/{fname}")
     with np.load(path) as f:
         if "images" not in f or "labels" not in f:
             raise MalformedDataError(f"{path}: expected arrays 'images' and 'labels', found {sorted(f.files)}")

@@ -42,10 +42,8 @@ import argparse
 import csv
 import io
 import math
-import os
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -325,6 +323,7 @@ def row_key(row: dict) -> tuple:
 
 def plot(rows: list[dict], path: Path, sweeps: list[str]) -> Path:
     """Attack SSIM (top) and test accuracy (bottom) vs defence strength, one column per sweep (atomic PNG)."""
+    from fedsim.files import save_figure_atomically
     from fedsim.plots import plt
 
     fig, axes = plt.subplots(2, len(sweeps), figsize=(4 * len(sweeps), 6.5), squeeze=False)
@@ -353,18 +352,10 @@ def plot(rows: list[dict], path: Path, sweeps: list[str]) -> Path:
         if sweep == "batch":
             ax_a.set_title("trained with local batch B", fontsize=9)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+        return save_figure_atomically(fig, path, dpi=110)
     finally:
         plt.close(fig)
-    return path
 
 
 # --- main -------------------------------------------------------------------------------------------------------

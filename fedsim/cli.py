@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import re
 import sys
 import time
 from importlib import resources
 from pathlib import Path
 
+from fedsim.runs import RunFolderError, claim_results_folder  # light: imports torch only when used
+
 EPILOG = """examples:
   fedsim quickstart                           FedAvg vs gossip on bundled digits (offline), table + plot
   fedsim run experiments/configs/quickstart_fedavg.toml --out results/fedavg
-  fedsim run CONFIG.toml --set rounds=100 --set algorithm.lr=0.05 --resume
+  fedsim run CONFIG.toml --set rounds=100 --set algorithm.lr=0.05 --out results/lr005
+  fedsim run CONFIG.toml --set rounds=200 --set algorithm.lr=0.05 --out results/lr005 --resume
+                                              continue that run after an interruption, or extend it
   fedsim topology regular -n 100 -k 8 --draw regular.png
   fedsim fedpca --data-dir ../shared/data        federated PCA anomaly detection on NSL-KDD, all methods
 
@@ -70,15 +76,20 @@ SUMMARY_COLUMNS = ["run", "algorithm", "topology", "clients", "rounds", "test_ac
                    "train_loss", "MB_sent", "seconds"]
 
 
-def _run_one(cfg, out_dir: Path, resume: bool, progress: bool):
+def _run_one(cfg, out_dir: Path, resume: bool, progress: bool, overwrite: bool = False):
     from tqdm import tqdm
 
     from fedsim.experiment import run
 
     bar = tqdm(total=cfg.rounds, desc=cfg.name, unit="round", disable=not progress, leave=False,
                dynamic_ncols=True)
+    # said once the run has passed its checks and done its first round, so a refusal stays one line
+    note = [f"fedsim: note: no checkpoint in {out_dir}; --resume starts at round 0"] \
+        if resume and not (out_dir / "checkpoint.pt").exists() else []
 
     def on_round(t, state, history):
+        while note:
+            tqdm.write(note.pop(), file=sys.stderr)
         bar.n = t + 1
         row = history[-1]
         shown = {k: f"{row[k]:.3f}" for k in ("train_loss", "global_acc", "average_acc") if k in row}
@@ -87,7 +98,7 @@ def _run_one(cfg, out_dir: Path, resume: bool, progress: bool):
 
     start = time.perf_counter()
     try:
-        result = run(cfg, out_dir, resume=resume, on_round=on_round)
+        result = run(cfg, out_dir, resume=resume, on_round=on_round, overwrite=overwrite)
     finally:
         bar.close()
     return result, time.perf_counter() - start
@@ -123,7 +134,7 @@ def cmd_run(args) -> int:
 
     cfg = _apply_common(load(args.config), args)
     out_dir = Path(args.out) if args.out else Path("results") / cfg.name
-    result, seconds = _run_one(cfg, out_dir, args.resume, not args.no_progress)
+    result, seconds = _run_one(cfg, out_dir, args.resume, not args.no_progress, args.overwrite)
     _finish([summarize(cfg.name, cfg, result, seconds)], {cfg.name: result}, out_dir, cfg.name)
     return 0
 
@@ -133,7 +144,7 @@ def cmd_quickstart(args) -> int:
 
     names = ["quickstart_fedavg.toml", "quickstart_gossip.toml", "quickstart_gossip_dirichlet.toml"]
     out_dir = Path(args.out)
-    rows, results = [], {}
+    rows, results, cfgs = [], {}, []
     for name in names:
         with resources.as_file(resources.files("experiments") / "configs" / name) as path:
             cfg = _apply_common(load(path), args)
@@ -141,7 +152,10 @@ def cmd_quickstart(args) -> int:
             from fedsim.config import replace
 
             cfg = replace(cfg, {"rounds": args.rounds})
-        result, seconds = _run_one(cfg, out_dir / cfg.name, args.resume, not args.no_progress)
+        cfgs.append(cfg)
+    plan = _quickstart_plan(cfgs, out_dir, args.resume, args.overwrite)
+    for cfg, overwrite in plan:
+        result, seconds = _run_one(cfg, out_dir / cfg.name, args.resume, not args.no_progress, overwrite)
         rows.append(summarize(cfg.name, cfg, result, seconds))
         results[cfg.name] = result
     print("fedsim quickstart: scikit-learn digits (1,437 train / 360 test), MLP 64-32-10, 10 clients\n")
@@ -149,12 +163,49 @@ def cmd_quickstart(args) -> int:
     return 0
 
 
+def _quickstart_plan(cfgs, out_dir: Path, resume: bool, overwrite: bool) -> list:
+    """(config, overwrite) per quickstart run, after checking every folder (so a refusal leaves all unchanged).
+
+    A sub-folder that holds a run of the same quickstart config (``rounds``, threads, device may differ) is
+    the quickstart's own and is run again; one that holds a different run is refused unless ``overwrite``.
+    ``out_dir`` itself holding a single run (config.toml, history, checkpoint) is refused likewise.
+    """
+    from fedsim.config import to_toml
+    from fedsim.experiment import check_run_folder
+    from fedsim.runs import RunFolderError, clear_run, folder_changes, run_files
+
+    if resume and overwrite:
+        raise RunFolderError("--resume and --overwrite exclude each other")
+    single = [f for f in run_files(out_dir) if f not in ("summary.txt", "accuracy.png")]
+    if single and not overwrite:
+        raise RunFolderError(f"{out_dir} holds a single run ({', '.join(single)}), not quickstart results; "
+                             "pass --overwrite to replace it, or choose another --out")
+    plan = []
+    for cfg in cfgs:
+        sub = out_dir / cfg.name
+        own = not resume and bool(run_files(sub)) and folder_changes(sub, to_toml(cfg)) == []
+        check_run_folder(cfg, sub, resume=resume, overwrite=overwrite or own)
+        plan.append((cfg, overwrite or own))
+    if single:
+        clear_run(out_dir)
+    return plan
+
+
+DIRECTED_TOPOLOGIES = ("directed_ring", "directed_exponential")
+
+
 def cmd_topology(args) -> int:
     import topologies
+    from fedsim.config import ConfigError
 
+    known = sorted([*topologies.GENERATORS, *DIRECTED_TOPOLOGIES])
+    if args.name not in known:
+        raise ConfigError(f"unknown topology {args.name!r}; known: {', '.join(known)}")
+    if args.n is None and args.name != "edge_list":
+        raise ConfigError(f"topology {args.name} needs -n N, the number of nodes")
     params = {k: v for k, v in (("k", args.k), ("p", args.p), ("m", args.m), ("path", args.path))
               if v is not None}
-    if args.name in ("directed_ring", "directed_exponential"):
+    if args.name in DIRECTED_TOPOLOGIES:
         graph = getattr(topologies, args.name)(args.n)
     else:
         graph = topologies.build(args.name, args.n, seed=args.seed, **params)
@@ -170,8 +221,11 @@ def cmd_topology(args) -> int:
     print(f"  edges         {info['edges']:,}{' (directed)' if graph.is_directed() else ''}")
     print(f"  degree        min {info['min_degree']}, max {info['max_degree']}, mean {info['mean_degree']:.2f}")
     print(f"  spectral gap  {info['spectral_gap']:.6f}  (1 - |lambda_2| of the {label} weights)")
-    if args.draw:
-        topologies.draw(graph, args.draw, seed=args.seed)
+    if args.draw:  # its folder was checked before the work (_check_args); this catches the rest
+        try:
+            topologies.draw(graph, args.draw, seed=args.seed)
+        except OSError as e:
+            raise ConfigError(f"--draw {args.draw}: cannot write it ({e.strerror or e})") from None
         print(f"  drawing       {args.draw}")
     return 0
 
@@ -189,24 +243,38 @@ FEDPCA_COLUMNS = ["method", "auc", "auc_DoS", "auc_Probe", "auc_R2L", "auc_U2R",
 def cmd_fedpca(args) -> int:
     import json
 
+    import torch
+
     import topologies
+    from fedsim.config import ConfigError
+    from fedsim.data import PartitionError
     from fedsim.engine import atomic_write_text
     from fedsim.fedpca import nslkdd
     from fedsim.plots import plot_roc
 
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    methods = args.methods.split(",") if args.methods else list(nslkdd.METHODS)
+    methods = list(dict.fromkeys(m.strip() for m in args.methods.split(",") if m.strip())) if args.methods \
+        else list(nslkdd.METHODS)
     unknown = [m for m in methods if m not in nslkdd.METHODS]
-    if unknown:
-        from fedsim.config import ConfigError
-
-        raise ConfigError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(nslkdd.METHODS)}")
+    if unknown or not methods:
+        what = f"unknown --methods entry {unknown[0]!r}" if unknown else f"--methods {args.methods!r} names no method"
+        raise ConfigError(f"{what}; known: {', '.join(nslkdd.METHODS)}")
     _check_fedpca_args(args)
-    data = nslkdd.prepare(args.data_dir, n_clients=args.clients, split=args.split, features=args.features,
-                          seed=args.seed)
+    graphs = sorted(set(topologies.GENERATORS) - {"edge_list"})
+    if args.topology not in graphs:
+        raise ConfigError(f"unknown --topology {args.topology!r}; known: {', '.join(graphs)}")
+    settings = _settings(args)
+    claim_results_folder(args.out, "fedpca", settings, args.overwrite)
+    torch.set_num_threads(args.threads)
+    try:
+        data = nslkdd.prepare(args.data_dir, n_clients=args.clients, split=args.split, features=args.features,
+                              seed=args.seed)
+    except PartitionError:
+        raise ConfigError(f"--clients {args.clients:,} is too many for --split {args.split}: some client would "
+                          "get no normal training rows; use fewer --clients") from None
+    d = data.X_test.shape[1]
+    if args.k > d:
+        raise ConfigError(f"-k {args.k} is larger than d = {d}, the number of --features {args.features} columns "
+                          f"(k > d); use -k 1..{d}")
     kwargs = {"clean": {"eta": args.eta, "rho": args.rho, "local_steps": args.local_steps,
                         "client_fraction": args.fraction},
               "paper": {"eta": args.paper_eta, "rho": args.paper_rho, "local_steps": args.paper_local_steps,
@@ -218,8 +286,13 @@ def cmd_fedpca(args) -> int:
 
         params = {"k": args.degree, "p": args.prob, "m": args.attach}
         accepted = inspect.signature(topologies.GENERATORS.get(args.topology, topologies.ring)).parameters
-        graph = topologies.build(args.topology, args.clients, seed=args.seed,
-                                 **{key: v for key, v in params.items() if key in accepted})
+        used = {key: v for key, v in params.items() if key in accepted}
+        try:
+            graph = topologies.build(args.topology, args.clients, seed=args.seed, **used)
+        except topologies.TopologyError as e:
+            flags = {"k": "--degree", "p": "--prob", "m": "--attach"}
+            shown = ", ".join([f"--clients {args.clients}", *(f"{flags[key]} {v}" for key, v in used.items())])
+            raise ConfigError(f"--topology {args.topology} with {shown}: {e}") from None
         schedule = topologies.Static(topologies.metropolis_hastings(graph))
     rows, curves = [], {}
     for name in methods:
@@ -242,7 +315,8 @@ def cmd_fedpca(args) -> int:
     print("\nangle: largest principal angle (rad) between an iterative method's subspace and the pooled top-k "
           "eigenspace of its clients' data (0 = converged to the federated optimum).")
     atomic_write_text(out / "summary.txt", table + "\n")
-    atomic_write_text(out / "results.json", json.dumps({"args": vars(args), "rows": rows}, indent=1, default=str))
+    atomic_write_text(out / "results.json", json.dumps({"command": "fedpca", "args": settings, "rows": rows},
+                                                       indent=1, default=str))
     png = plot_roc(curves, out / "roc.png", title=f"NSL-KDD anomaly detection, k = {args.k}")
     print(f"\nresults: {out}/  (summary.txt, results.json, roc.png)\nplot:    {png}")
     return 0
@@ -268,10 +342,22 @@ def cmd_attack(args) -> int:
     bad = [a for a in attacks if a not in ATTACKS] or ([] if attacks else [args.attack])
     if bad:
         raise ConfigError(f"unknown attack {bad[0]!r}; known: all, {', '.join(ATTACKS)}")
-    if args.victims < 1 or args.victims > 128 or args.iterations < 1 or not 0 <= args.dropout < 1 or args.threads < 1:
-        raise ConfigError("need 1 <= --victims <= 128, --iterations >= 1, 0 <= --dropout < 1 and --threads >= 1")
+    checks = [(1 <= args.victims <= 128, "1 <= --victims <= 128", args.victims),
+              (args.iterations >= 1, "--iterations >= 1", args.iterations),
+              (0 <= args.dropout < 1, "0 <= --dropout < 1", args.dropout),  # also refuses NaN
+              (args.threads >= 1, "--threads >= 1", args.threads)]
+    for ok, rule, value in checks:
+        if not ok:
+            raise ConfigError(f"need {rule}, got {value}")
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", args.device):
+        raise ConfigError(f"--device must be cpu, cuda or cuda:N, got {args.device!r}")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"--device {args.device}: torch sees no CUDA device here")
+    from attacks.victims import load_victims
+
+    load_victims(args.dataset, args.data_dir)  # a missing victim set is one error line, before any output
+    settings = _settings(args)
+    claim_results_folder(args.out, "attack", settings, args.overwrite)
     torch.set_num_threads(args.threads)
     print(f"  attacking {args.victims} victim(s) of {args.dataset} on {args.model} (p = {args.dropout}) with "
           f"{', '.join(attacks)}, all victims batched ...", file=sys.stderr, flush=True)
@@ -288,11 +374,13 @@ def cmd_attack(args) -> int:
         bars[attack].update(1)
         bars[attack].set_postfix_str(f"{active} running", refresh=False)
 
-    rows, recon = run_attacks(list(range(args.victims)), tuple(attacks), args.model, args.dataset, args.dropout,
-                              InversionConfig(max_iterations=args.iterations), args.data_dir, args.seed, progress,
-                              args.device)
-    for bar in bars.values():
-        bar.close()
+    try:
+        rows, recon = run_attacks(list(range(args.victims)), tuple(attacks), args.model, args.dataset,
+                                  args.dropout, InversionConfig(max_iterations=args.iterations), args.data_dir,
+                                  args.seed, progress, args.device)
+    finally:  # also on Ctrl-C, so that the interruption message starts its own line
+        for bar in bars.values():
+            bar.close()
     summary = []
     for attack in attacks:
         mine = [r for r in rows if r["attack"] == attack]
@@ -307,19 +395,26 @@ def cmd_attack(args) -> int:
                                    "victim_it_per_s"])
     print(table)
     atomic_write_text(out / "summary.txt", table + "\n")
-    atomic_write_text(out / "results.json", json.dumps({"args": vars(args), "rows": rows}, indent=1, default=str))
+    atomic_write_text(out / "results.json", json.dumps({"command": "attack", "args": settings, "rows": rows},
+                                                       indent=1, default=str))
     png = save_grid(recon, out / "reconstructions.png")
     print(f"\nresults: {out}/  (summary.txt, results.json, reconstructions.png)\nimages:  {png}")
     return 0
+
+
+def _settings(args) -> dict:
+    """The command's arguments as plain values (what results.json records and a re-run is compared with)."""
+    return {k: v for k, v in vars(args).items() if k != "func"}
 
 
 def _check_fedpca_args(args) -> None:
     from fedsim.config import ConfigError
 
     checks = [("--rounds", args.rounds, args.rounds >= 1, ">= 1"), ("--clients", args.clients, args.clients >= 1, ">= 1"),
-              ("--eta", args.eta, args.eta > 0, "> 0"), ("--rho", args.rho, args.rho > 0, "> 0"),
-              ("--paper-eta", args.paper_eta, args.paper_eta > 0, "> 0"),
-              ("--paper-rho", args.paper_rho, args.paper_rho > 0, "> 0"),
+              ("-k", args.k, args.k >= 1, ">= 1"), ("--threads", args.threads, args.threads >= 1, ">= 1"),
+              *((flag, value, 0 < value < math.inf, "> 0 and finite") for flag, value in
+                (("--eta", args.eta), ("--rho", args.rho), ("--paper-eta", args.paper_eta),
+                 ("--paper-rho", args.paper_rho))),
               ("--local-steps", args.local_steps, args.local_steps >= 0, ">= 0"),
               ("--paper-local-steps", args.paper_local_steps, args.paper_local_steps >= 0, ">= 0"),
               ("--fraction", args.fraction, 0 < args.fraction <= 1, "in (0, 1]"),
@@ -331,19 +426,56 @@ def _check_fedpca_args(args) -> None:
             raise ConfigError(f"{name} must be {rule}, got {value}")
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions and epilogs as written; every option with a default shows it as "(default: X)".
+
+    Options whose help already says "(default..." (those without a value of their own, e.g. "(default:
+    $FEDSIM_DATA_DIR ...)") and on/off flags are left as written.
+    """
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if (action.option_strings and "(default" not in text and "%(default)" not in text and default is not None
+                and default is not False and default is not argparse.SUPPRESS):
+            text += " (default: %(default)s)"
+        return text
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with fedsim's help format; a usage error is one line ``fedsim: error: ...`` and exit status 2."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message):
+        self.exit(2, f"fedsim: error: {message} (see '{self.prog} --help')\n")
+
+
+DATA_DIR_DEFAULT = "(default: $FEDSIM_DATA_DIR, else ~/.cache/fedsim)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="fedsim", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
+    parser = Parser(
+        prog="fedsim", epilog=EPILOG,
         description="fedsim: a fast, reproducible simulator for federated and decentralized learning.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def common(p):
-        p.add_argument("--data-dir", help="folder with the data sets (default: $FEDSIM_DATA_DIR or ~/.cache/fedsim)")
-        p.add_argument("--threads", type=int, help="torch intra-op threads (0 = torch default)")
-        p.add_argument("--device", help="cpu, cuda or cuda:N")
+        p.add_argument("--data-dir", help=f"folder with the data sets {DATA_DIR_DEFAULT}")
+        p.add_argument("--threads", type=int, help="torch intra-op threads, 0 = torch's own choice "
+                                                   "(default: the config's threads)")
+        p.add_argument("--device", help="cpu, cuda or cuda:N (default: the config's device)")
         p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                       help="override a config value, e.g. --set algorithm.lr=0.05 (repeatable)")
-        p.add_argument("--resume", action="store_true", help="continue from checkpoint.pt in the output folder")
+                       help="override a config value, e.g. --set algorithm.lr=0.05; repeatable (default: none)")
+        p.add_argument("--resume", action="store_true",
+                       help="continue from the verified checkpoint.pt in the output folder; the config must be the "
+                            "same except rounds (which may grow), eval_every, checkpoint_every, threads, device, "
+                            "data dir and name; a folder without a checkpoint starts at round 0")
+        p.add_argument("--overwrite", action="store_true",
+                       help="replace the run in the output folder (removes only fedsim's run files; "
+                            "without it a folder that holds another run is refused)")
         p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     p = sub.add_parser("run", help="run one experiment from a TOML config",
@@ -356,8 +488,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("quickstart", help="FedAvg vs gossip on bundled digits (offline)",
                        description="Runs FedAvg (star) and D-PSGD (ring; random 4-regular with a Dirichlet split) "
                                    "on scikit-learn's bundled digits; prints a table and saves a plot.")
-    p.add_argument("--out", default="results/quickstart", help="output folder (default: results/quickstart)")
-    p.add_argument("--rounds", type=int, help="override the number of rounds")
+    p.add_argument("--out", default="results/quickstart", help="output folder")
+    p.add_argument("--rounds", type=int, help="rounds of every run (default: each config's own)")
     common(p)
     p.set_defaults(func=cmd_quickstart)
 
@@ -365,36 +497,46 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train FedPG (clean and paper variants), FedPE, decentralized FedPG and the "
                                    "baselines on NSL-KDD normal traffic, and evaluate them on KDDTest+ with one "
                                    "threshold protocol. Prints one table; saves results.json and a ROC plot.")
-    p.add_argument("--data-dir", help="folder holding nsl-kdd/ (default: $FEDSIM_DATA_DIR or ~/.cache/fedsim)")
+    p.add_argument("--data-dir", help=f"folder holding nsl-kdd/ {DATA_DIR_DEFAULT}")
     p.add_argument("--methods", help="comma-separated subset of: centralized, exact-federated (global scaler), "
                                      "exact-federated-local (clients' own scaling: FedPG's optimum), projector-avg, "
-                                     "local-only, fedpg, fedpg-paper, fedpe-paper, fedpg-decentralized")
-    p.add_argument("--clients", type=int, default=20)
-    p.add_argument("--split", default="paper", choices=["paper", "iid", "dirichlet"])
-    p.add_argument("--features", default="paper", choices=["paper", "onehot"])
-    p.add_argument("-k", type=int, default=30, help="subspace dimension (default 30, as in the paper)")
-    p.add_argument("--rounds", type=int, default=100)
+                                     "local-only, fedpg, fedpg-paper, fedpe-paper, fedpg-decentralized "
+                                     "(default: all of them)")
+    p.add_argument("--clients", type=int, default=20, help="number of clients")
+    p.add_argument("--split", default="paper", choices=["paper", "iid", "dirichlet"],
+                   help="how the normal training rows are split among the clients: the paper's (sorted by "
+                        "dst_bytes), iid, or dirichlet over dst_bytes bins")
+    p.add_argument("--features", default="paper", choices=["paper", "onehot"],
+                   help="the paper's 34 numeric features, or all 38 numeric ones plus one-hot protocol, service "
+                        "and flag")
+    p.add_argument("-k", type=int, default=30, help="subspace dimension (the paper's)")
+    p.add_argument("--rounds", type=int, default=100, help="rounds of the iterative methods")
     p.add_argument("--protocol", default="paper-minmax",
                    choices=["paper-minmax", "paper-quantile", "train-quantile", "q-statistic"],
                    help="threshold protocol: the paper's (test statistics) or honest (training data only)")
-    p.add_argument("--tau", type=float, default=0.00025, help="paper-minmax threshold (default 0.00025)")
-    p.add_argument("--quantile", type=float, default=0.5, help="paper-quantile q (default 0.5)")
+    p.add_argument("--tau", type=float, default=0.00025, help="paper-minmax threshold")
+    p.add_argument("--quantile", type=float, default=0.5, help="paper-quantile q")
     p.add_argument("--alpha", type=float, default=0.01, help="false-alarm level of the honest protocols")
     p.add_argument("--eta", type=float, default=0.05, help="clean/decentralized FedPG step size")
     p.add_argument("--rho", type=float, default=1.0, help="clean/decentralized FedPG ADMM penalty")
     p.add_argument("--local-steps", type=int, default=30, help="clean/decentralized FedPG local steps")
     p.add_argument("--fraction", type=float, default=1.0, help="clean FedPG client fraction per round")
-    p.add_argument("--paper-eta", type=float, default=1e-4, help="paper variants' step size (paper: 1e-4)")
-    p.add_argument("--paper-rho", type=float, default=0.01, help="paper variants' ADMM penalty (paper: 0.01)")
-    p.add_argument("--paper-local-steps", type=int, default=30, help="paper variants' local steps (paper: 30)")
-    p.add_argument("--paper-fraction", type=float, default=0.1, help="paper variants' client fraction (paper: 0.1)")
-    p.add_argument("--topology", default="ring", help="graph of the decentralized variant (ring, regular, ...)")
+    p.add_argument("--paper-eta", type=float, default=1e-4, help="paper variants' step size (the paper's)")
+    p.add_argument("--paper-rho", type=float, default=0.01, help="paper variants' ADMM penalty (the paper's)")
+    p.add_argument("--paper-local-steps", type=int, default=30, help="paper variants' local steps (the paper's)")
+    p.add_argument("--paper-fraction", type=float, default=0.1, help="paper variants' client fraction (the paper's)")
+    p.add_argument("--topology", default="ring", help="graph of the decentralized variant: ring, torus, complete, "
+                                                      "star, regular, erdos_renyi, watts_strogatz, barabasi_albert "
+                                                      "or exponential")
     p.add_argument("--degree", type=int, default=4, help="degree of regular / watts_strogatz graphs")
     p.add_argument("--prob", type=float, default=0.3, help="edge probability of erdos_renyi / watts_strogatz")
     p.add_argument("--attach", type=int, default=2, help="edges per new node of barabasi_albert graphs")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", default="results/fedpca")
+    p.add_argument("--seed", type=int, default=0, help="random seed (>= 0)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (>= 1)")
+    p.add_argument("--out", default="results/fedpca", help="output folder")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace other results in the output folder (removes only fedsim's files; without it a "
+                        "folder holding results of other settings is refused, the same settings are re-run)")
     p.set_defaults(func=cmd_fedpca)
 
     p = sub.add_parser("attack", help="gradient inversion (IG vs DIA vs informed IG) on victims' gradients",
@@ -402,38 +544,74 @@ def build_parser() -> argparse.ArgumentParser:
                                    "active); labels inferred with iDLG. Prints a table; saves an image grid.")
     p.add_argument("--model", default="mlp", help="mlp (the DIA paper's 3 x 512 MLP), vit (its small ViT), lenet, resnet")
     p.add_argument("--dataset", default="mnist", help="mnist or cifar10 (the 128-image DIA victim sets)")
-    p.add_argument("--dropout", type=float, default=0.25)
+    p.add_argument("--dropout", type=float, default=0.25, help="dropout rate p of the model, in [0, 1)")
     p.add_argument("--attack", default="all", help="all, or a comma list of ig, dia, informed")
-    p.add_argument("--victims", type=int, default=1, help="number of victims (images 0..N-1)")
+    p.add_argument("--victims", type=int, default=1, help="number of victims (images 0..N-1), 1..128")
     p.add_argument("--iterations", type=int, default=3000, help="iteration cap per attack (official: 20,000)")
     p.add_argument("--data-dir", help="folder holding mnist/dia_mnist_128.npz and cifar10-sample/dia_cifar10_128.npz "
-                                      "(default: FEDSIM_DATA_DIR or the cache)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", default="results/attack")
-    p.add_argument("--no-progress", action="store_true")
+                                      f"{DATA_DIR_DEFAULT}")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--seed", type=int, default=0, help="seed of the model's initialisation and the attacks (>= 0)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (>= 1)")
+    p.add_argument("--out", default="results/attack", help="output folder")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace other results in the output folder (removes only fedsim's files; without it a "
+                        "folder holding results of other settings is refused, the same settings are re-run)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     p.set_defaults(func=cmd_attack)
 
     p = sub.add_parser("topology", help="describe a topology (nodes, edges, degrees, spectral gap)",
                        description="Build a topology and print its size, degree range and spectral gap.")
     p.add_argument("name", help="ring, torus, complete, star, regular, erdos_renyi, watts_strogatz, "
                                 "barabasi_albert, exponential, edge_list, directed_ring, directed_exponential")
-    p.add_argument("-n", type=int, help="number of nodes")
-    p.add_argument("-k", type=int, help="degree (regular, watts_strogatz)")
-    p.add_argument("-p", type=float, help="probability (erdos_renyi, watts_strogatz)")
-    p.add_argument("-m", type=int, help="edges per new node (barabasi_albert)")
-    p.add_argument("--path", help="edge-list file (edge_list)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--mixing", default="metropolis", choices=["metropolis", "max_degree", "uniform"])
-    p.add_argument("--draw", metavar="PNG", help="save a drawing of the graph")
+    p.add_argument("-n", type=int, help="number of nodes (required, except for edge_list)")
+    p.add_argument("-k", type=int, help="degree (regular, watts_strogatz: required there)")
+    p.add_argument("-p", type=float, help="probability (erdos_renyi, watts_strogatz: required there)")
+    p.add_argument("-m", type=int, help="edges per new node (barabasi_albert: required there)")
+    p.add_argument("--path", help="edge-list file (edge_list: required there)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random graphs (>= 0)")
+    p.add_argument("--mixing", default="metropolis", choices=["metropolis", "max_degree", "uniform"],
+                   help="mixing weights of an undirected graph (a directed one uses push-sum)")
+    p.add_argument("--draw", metavar="PNG", help="save a drawing of the graph to this PNG file (default: no drawing)")
     p.set_defaults(func=cmd_topology)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the ``fedsim`` command line and return its exit status.
+
+    An error the user can cause prints one line ``fedsim: error: ...`` on stderr and returns 2 (usage errors
+    included). Ctrl-C at any point, imports included, prints one line and returns 130. A reader that closes
+    stdout early (``fedsim topology ... | head``) ends the command quietly with 141 (128 + SIGPIPE, as the
+    shell reports a command a closed pipe stopped). Anything else is a bug and keeps its traceback.
+    """
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # a closed pipe surfaces here, not as a warning at interpreter exit
+        return code
+    except KeyboardInterrupt:
+        print("fedsim: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        _discard_stdout()
+        return 141
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's last flush cannot fail again (Python's SIGPIPE recipe)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # stdout without a file descriptor (e.g. captured)
+        pass
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help (0) or a usage error (2, already printed in one line)
+        return e.code if isinstance(e.code, int) else 2
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
@@ -443,13 +621,62 @@ def main(argv: list[str] | None = None) -> int:
     from topologies import TopologyError
 
     try:
+        _check_args(args)
         return args.func(args)
-    except (ConfigError, TopologyError, DataNotFoundError, MalformedDataError, SubspaceDimensionError) as e:
-        print(f"fedsim: error: {e}", file=sys.stderr)
+    except (ConfigError, TopologyError, DataNotFoundError, MalformedDataError, SubspaceDimensionError,
+            RunFolderError) as e:
+        message = e.describe("--data-dir") if isinstance(e, DataNotFoundError) else str(e)
+        print(f"fedsim: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("\nfedsim: interrupted; rerun with --resume to continue from the last checkpoint", file=sys.stderr)
+        hint = "; rerun with --resume to continue from the last checkpoint" if args.command in ("run", "quickstart") \
+            else ""
+        print(f"fedsim: interrupted{hint}", file=sys.stderr)
         return 130
+
+
+def _check_args(args) -> None:
+    """Refuse paths and numbers that cannot work before any work starts; creates nothing."""
+    from fedsim.config import ConfigError
+
+    if getattr(args, "seed", 0) < 0:
+        raise ConfigError(f"--seed must be >= 0, got {args.seed}")
+    if args.command in ("run", "quickstart"):
+        if args.threads is not None and args.threads < 0:
+            raise ConfigError(f"--threads must be >= 0 (0 = torch's own choice), got {args.threads}")
+        if getattr(args, "rounds", None) is not None and args.rounds < 1:
+            raise ConfigError(f"--rounds must be >= 1, got {args.rounds}")
+    data_dir = getattr(args, "data_dir", None)
+    if data_dir and Path(data_dir).expanduser().exists() and not Path(data_dir).expanduser().is_dir():
+        raise ConfigError(f"--data-dir {data_dir} is a file, not a folder")
+    out = getattr(args, "out", None)
+    if out is not None or args.command == "run":
+        problem = _folder_problem(Path(out if out is not None else "results"))
+        if problem:
+            raise ConfigError(f"--out {out if out is not None else '(default results/<name>)'}: {problem}")
+    draw = getattr(args, "draw", None)
+    if draw is not None:
+        path = Path(draw)
+        problem = "is a folder; give a file name" if path.is_dir() else \
+            _folder_problem(path.parent, create=False)
+        if problem:
+            raise ConfigError(f"--draw {draw}: {problem}")
+
+
+def _folder_problem(path: Path, create: bool = True) -> str | None:
+    """Why ``path`` cannot be (``create``: or become) a folder fedsim can write into; None if it can."""
+    if path.is_dir():
+        return None if os.access(path, os.W_OK | os.X_OK) else f"cannot write into {path} (permission denied)"
+    if path.exists():
+        return f"{path} is a file, not a folder"
+    if not create:
+        return f"folder {path} does not exist"
+    parent = next((p for p in path.parents if p.exists()), Path("."))
+    if not parent.is_dir():
+        return f"{parent} is a file, not a folder"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"cannot create folders in {parent} (permission denied)"
+    return None
 
 
 if __name__ == "__main__":

@@ -167,6 +167,7 @@ class RunConfig:
 
     def validate(self) -> "RunConfig":
         """Check every value; return self so ``RunConfig(...).validate()`` chains."""
+        _positive("seed", self.seed, zero_ok=True)
         _positive("rounds", self.rounds)
         if self.clients < 1:
             raise ConfigError(f"clients must be >= 1, got {self.clients!r}")

@@ -9,14 +9,13 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
-import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
 import torch
 
+from fedsim.files import atomic_write_text  # noqa: F401  (re-exported: experiments import it from here)
 from fedsim.messages import ByteCounter, Messages
 from fedsim.rng import Streams
 from fedsim.training import ClientData, evaluate
@@ -69,8 +68,9 @@ class Result:
         return list(seen)
 
     def to_json(self, path: str | Path) -> None:
-        """Write the history as JSON (atomically)."""
-        atomic_write_text(path, json.dumps({"history": self.history}, indent=1))
+        """Write the history as strict JSON (atomically): NaN and +-inf are written as ``null``."""
+        rows = [{k: _finite_or_none(v) for k, v in row.items()} for row in self.history]
+        atomic_write_text(path, json.dumps({"history": rows}, indent=1, allow_nan=False))
 
     def to_csv(self, path: str | Path) -> None:
         """Write the history as CSV, one row per round (atomically)."""
@@ -79,26 +79,22 @@ class Result:
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=self.keys(), restval="")
         writer.writeheader()
-        writer.writerows(self.history)
+        writer.writerows({k: "" if _finite_or_none(v) is None else v for k, v in row.items()}
+                         for row in self.history)  # NaN / inf: an empty cell, as for a metric not recorded
         atomic_write_text(path, buf.getvalue())
 
     @staticmethod
     def from_json(path: str | Path) -> "Result":
-        return Result(json.loads(Path(path).read_text())["history"])
+        """Read ``to_json``'s file; ``null`` comes back as NaN (the key stays, so ``final`` gives NaN as before)."""
+        rows = json.loads(Path(path).read_text())["history"]
+        return Result([{k: math.nan if v is None else v for k, v in row.items()} for row in rows])
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and ``os.replace`` (never a half-written file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+def _finite_or_none(value):
+    """``None`` for a missing or non-finite float, else the value (for strict JSON and CSV)."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return None
+    return value
 
 
 def evaluate_models(algorithm, state, fed: Federation) -> dict[str, float]:

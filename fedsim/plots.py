@@ -10,15 +10,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from fedsim.engine import Result  # noqa: E402
+from fedsim.files import save_figure_atomically  # noqa: E402
 
 def save_figure(fig, path: str | Path, dpi: int = 120) -> Path:
-    """Lay out, save as PNG (creating the folder) and close a figure."""
+    """Lay out, save (format from the suffix; atomically, creating the folder) and close a figure."""
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
-    return path
+    try:
+        return save_figure_atomically(fig, path, dpi=dpi)
+    finally:
+        plt.close(fig)
 
 
 ACCURACY_KEYS = ("global_acc", "average_acc", "nodes_acc")

@@ -8,8 +8,9 @@ Slow check (``-m slow``, ~10-15 s per variant on one thread): every code cell of
 exec'd in order in one namespace with matplotlib's Agg backend, as "Run all" would. The notebook resolves its
 paths itself and takes two environment variables, which the test sets:
 
-* ``FEDSIM_DATA_DIR``: where ``mnist/dia_mnist_128.npz`` is (the test resolves it like the notebook: the
-  variable, else ``../shared/data`` next to the repository, else the fedsim cache; skipped if the file is missing);
+* ``FEDSIM_DATA_DIR``: where ``mnist/dia_mnist_128.npz`` is. The test takes the data folder of the whole suite
+  (tests/conftest.py: ``$FEDSIM_DATA_DIR``, else the fedsim cache; a skip if the file is missing, a failure if
+  the variable is set) and hands it to the notebook through the variable, which the notebook reads first;
 * ``FEDSIM_RESULTS_DIR``: the results folder the notebook reads (``leakage_defences/results.csv``) and writes
   (``notebook_leakage/reconstructions.png``), default ``<repo>/results``. The test points it at ``tmp_path``
   and runs from an empty working directory, so nothing is written into the checkout. Both branches of the
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import re
 from pathlib import Path
 
@@ -96,14 +96,6 @@ def test_leakage_notebook_is_nbformat_4_5_with_ids():
 
 # --- slow: run leakage.ipynb -----------------------------------------------------------------------------------
 
-def victim_data_dir() -> Path:
-    """The notebook's rule: $FEDSIM_DATA_DIR, else ../shared/data next to the repository, else the fedsim cache."""
-    from fedsim.data.paths import ENV_VAR, data_dir
-
-    shared = REPO.parent / "shared" / "data"
-    return (data_dir() if os.environ.get(ENV_VAR) or not shared.is_dir() else shared).resolve()   # before any chdir
-
-
 def write_defences_csv(path: Path) -> None:
     """A small results.csv in experiments/leakage_defences.py's format (two sweeps, one stale-settings row)."""
     from experiments.leakage_defences import COLUMNS
@@ -134,17 +126,16 @@ def run_notebook(path: Path) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.needs_data("mnist-victims")
 @pytest.mark.parametrize("curve", ["csv", "live"])
-def test_leakage_notebook_runs(curve, tmp_path, monkeypatch, capsys):
+def test_leakage_notebook_runs(curve, tmp_path, monkeypatch, capsys, data_root):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import torch
 
-    data = victim_data_dir()
-    if not (data / "mnist" / "dia_mnist_128.npz").is_file():
-        pytest.skip(f"MNIST victim set not found at {data / 'mnist' / 'dia_mnist_128.npz'} (set FEDSIM_DATA_DIR)")
+    data = data_root                                                   # absolute, resolved before any chdir
     results, cwd = tmp_path / "results", tmp_path / "cwd"
     cwd.mkdir()
     if curve == "csv":

@@ -23,23 +23,33 @@ def from_edge_list(path: str | os.PathLike) -> nx.Graph:
     relabelled to 0..n-1 in sorted order (numeric order when every label is an integer);
     the original label is kept as node attribute ``'label'``, a weight as edge attribute
     ``'weight'`` (the mixing functions ignore it). Malformed lines, negative weights and
-    self-loops raise ``InvalidTopologyParameterError`` naming the file and line.
+    self-loops raise ``InvalidTopologyParameterError`` naming the file and line; so does a file
+    that is missing, unreadable or not UTF-8 text.
     """
     path = os.fspath(path)
     edges: list[tuple[str, str, float | None, int]] = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            line = raw.split("#", 1)[0].strip()
-            if not line:
-                continue
-            tokens = [tok for tok in _SEPARATORS.split(line) if tok]
-            where = f"{path}, line {lineno}"
-            if len(tokens) not in (2, 3):
-                raise InvalidTopologyParameterError(
-                    f"{where}: expected 'u v' or 'u v weight', got {raw.strip()!r}"
-                )
-            weight = _parse_weight(tokens[2], where) if len(tokens) == 3 else None
-            edges.append((tokens[0], tokens[1], weight, lineno))
+    try:
+        with open(path, "rb") as fh:
+            text = fh.read().decode("utf-8")
+    except OSError as exc:
+        raise InvalidTopologyParameterError(
+            f"cannot read edge list {path}: {exc.strerror or exc}"
+        ) from None
+    except UnicodeDecodeError as exc:
+        line = exc.object[: exc.start].count(b"\n") + 1
+        raise InvalidTopologyParameterError(f"{path}, line {line}: not UTF-8 text") from None
+    for lineno, raw in enumerate(text.splitlines(), start=1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        tokens = [tok for tok in _SEPARATORS.split(line) if tok]
+        where = f"{path}, line {lineno}"
+        if len(tokens) not in (2, 3):
+            raise InvalidTopologyParameterError(
+                f"{where}: expected 'u v' or 'u v weight', got {raw.strip()!r}"
+            )
+        weight = _parse_weight(tokens[2], where) if len(tokens) == 3 else None
+        edges.append((tokens[0], tokens[1], weight, lineno))
     if all(_is_int(u) and _is_int(v) for u, v, _, _ in edges):  # numeric labels: "01" == "1"
         edges = [(int(u), int(v), w, lineno) for u, v, w, lineno in edges]
     loops = [(u, lineno) for u, v, _, lineno in edges if u == v]

@@ -3,6 +3,7 @@
 from .datasets import Dataset, load, load_digits, load_mnist_test, train_test_split
 from .partition import (
     ClientIndex,
+    PartitionError,
     dirichlet,
     iid,
     label_histogram,
@@ -36,6 +37,7 @@ __all__ = [
     "DataNotFoundError",
     "Dataset",
     "MalformedDataError",
+    "PartitionError",
     "data_dir",
     "dirichlet",
     "download",

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ._checks import check_seed
-from .paths import ENV_VAR, DataNotFoundError, MalformedDataError, download
+from .paths import DataNotFoundError, MalformedDataError, download, short_reason
 from .paths import data_dir as _resolve_data_dir
 
 __all__ = [
@@ -134,8 +134,7 @@ def load_mnist_test(
     ``MNIST_MIRROR`` into ``<data_dir>/mnist/`` unless ``download=False``.
     """
     folder = _resolve_data_dir(data_dir) / "mnist"
-    images_path = _find_or_fetch(folder, _MNIST_IMAGES, download)
-    labels_path = _find_or_fetch(folder, _MNIST_LABELS, download)
+    images_path, labels_path = _find_or_fetch(folder, (_MNIST_IMAGES, _MNIST_LABELS), download)
     images = _read_idx(images_path, _IDX_UBYTE_3D)
     labels = _read_idx(labels_path, _IDX_UBYTE_1D)
     if images.shape[1:] != (28, 28):
@@ -208,29 +207,36 @@ def train_test_split(
     return ds.subset(np.flatnonzero(~is_test)), ds.subset(np.flatnonzero(is_test))
 
 
-def _find_or_fetch(folder: Path, stem: str, allow_download: bool) -> Path:
-    """Return ``folder/stem.gz`` or ``folder/stem`` if present, else download ``stem.gz``."""
-    gz_path, raw_path = folder / f"{stem}.gz", folder / stem
-    for candidate in (gz_path, raw_path):
-        if candidate.is_file():
-            return candidate
-    looked = f"looked for {gz_path} and {raw_path}"
-    how = (
-        f"download {stem}.gz (e.g. from {MNIST_MIRROR}) into {folder}, "
-        f"or set {ENV_VAR} / pass data_dir= to a folder containing mnist/{stem}.gz"
-    )
+def _find_or_fetch(folder: Path, stems: tuple[str, ...], allow_download: bool) -> list[Path]:
+    """``folder/<stem>.gz`` or ``folder/<stem>`` for each stem; missing ones are downloaded as ``.gz``.
+
+    Raises DataNotFoundError naming the missing files, the folder and (if it failed) the download.
+    """
+    found: dict[str, Path] = {}
+    for stem in stems:
+        for candidate in (folder / f"{stem}.gz", folder / stem):
+            if candidate.is_file():
+                found[stem] = candidate
+                break
+    missing = [stem for stem in stems if stem not in found]
+    if not missing:
+        return [found[stem] for stem in stems]
+    shown = " and ".join([str(folder / f"{missing[0]}.gz"), *(f"{stem}.gz" for stem in missing[1:])])
+
+    def not_found(why: str) -> DataNotFoundError:
+        return DataNotFoundError(
+            f"MNIST test set not found: no {shown}; {why}", holding="mnist/"
+        )
+
     if not allow_download:
-        raise DataNotFoundError(f"MNIST file {stem} not found: {looked} (download=False); {how}")
-    url = MNIST_MIRROR.rstrip("/") + f"/{stem}.gz"
-    try:
-        return download(url, gz_path)
-    except DataNotFoundError as exc:
-        cause = exc.__cause__ if exc.__cause__ is not None else exc
-        reason = getattr(cause, "reason", None) or cause
-        raise DataNotFoundError(
-            f"MNIST file {stem} not found: {looked}; downloading {url} failed (offline?): "
-            f"{reason}; {how}"
-        ) from exc
+        raise not_found("download=False")
+    for stem in missing:
+        url = MNIST_MIRROR.rstrip("/") + f"/{stem}.gz"
+        try:
+            found[stem] = download(url, folder / f"{stem}.gz")
+        except DataNotFoundError as exc:
+            raise not_found(f"download failed: {url} ({short_reason(exc)})") from exc
+    return [found[stem] for stem in stems]
 
 
 def _read_idx(path: Path, magic: int) -> np.ndarray:

@@ -8,6 +8,7 @@ KDDTrain+, split into clients by ``paper_split`` on ``dst_bytes``.
 
 from __future__ import annotations
 
+import difflib
 import functools
 import gzip
 import io
@@ -21,9 +22,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from ._checks import check_int, check_labels, check_seed
+from .partition import PartitionError
 from .partition import dirichlet as _dirichlet
 from .partition import iid as _iid
-from .paths import ENV_VAR, DataNotFoundError, MalformedDataError
+from .paths import DataNotFoundError, MalformedDataError, short_reason
 from .paths import data_dir as _resolve_data_dir
 from .paths import download as _download
 
@@ -84,6 +86,9 @@ _CATEGORY_LISTS = {
 ATTACK_CATEGORIES: dict[str, str] = {
     name: cat for cat, names in _CATEGORY_LISTS.items() for name in names.split()
 }
+# every label a file may hold: a row with any other label is malformed
+_KNOWN_LABELS = np.array(["normal", *sorted(ATTACK_CATEGORIES)])
+_KNOWN_LABEL_SET = frozenset(_KNOWN_LABELS.tolist())
 
 #: split -> (file name, sha256 of the uncompressed text).
 NSLKDD_SPLITS: dict[str, tuple[str, str]] = {
@@ -185,8 +190,9 @@ class NslKdd:
 def read_nslkdd(path: str | os.PathLike[str]) -> NslKdd:
     """Parse an NSL-KDD text file, plain or gzip'd (detected by magic bytes), validating every row.
 
-    Raises MalformedDataError naming the file, 1-based line and column on the first bad value.
-    Results are cached in memory per (resolved path, mtime, size).
+    Raises MalformedDataError naming the file, 1-based line and column on the first bad value
+    (a wrong field count, a non-number, an empty field, or a label that is neither ``normal`` nor
+    an attack of ``ATTACK_CATEGORIES``). Results are cached in memory per (resolved path, mtime, size).
     """
     p = Path(path)
     try:
@@ -257,6 +263,8 @@ def _parse_fast(text: str, lines: list[str]) -> tuple | None:
     labels = np.array(flat[_LABEL_IDX::_N_FIELDS], dtype=str)
     if (np.char.str_len(categorical) == 0).any() or (np.char.str_len(labels) == 0).any():
         return None
+    if not np.isin(labels, _KNOWN_LABELS).all():
+        return None
     return numeric, categorical.reshape(n, len(_CATEGORICAL_IDX)), labels, difficulty
 
 
@@ -290,6 +298,8 @@ def _parse_slow(lines: list[str], path: str) -> tuple:
         for col in (*_CATEGORICAL_IDX, _LABEL_IDX):
             if not fields[col].strip():
                 raise fail(lineno, col, "empty value")
+        if fields[_LABEL_IDX] not in _KNOWN_LABEL_SET:
+            raise fail(lineno, _LABEL_IDX, _unknown_label(fields[_LABEL_IDX]))
         try:
             difficulty[row] = int(fields[_DIFFICULTY_IDX])
         except ValueError:
@@ -299,6 +309,15 @@ def _parse_slow(lines: list[str], path: str) -> tuple:
         categorical.append([fields[c] for c in _CATEGORICAL_IDX])
         labels.append(fields[_LABEL_IDX])
     return numeric, np.array(categorical, dtype=str), np.array(labels, dtype=str), difficulty
+
+
+def _unknown_label(label: str) -> str:
+    close = difflib.get_close_matches(label, _KNOWN_LABELS.tolist(), n=1, cutoff=0.75)
+    guess = f" (did you mean {close[0]!r}?)" if close else ""
+    return (
+        f"unknown label {label!r}{guess}; known: normal, or one of the {len(ATTACK_CATEGORIES)} NSL-KDD "
+        f"attack names (e.g. neptune, smurf, satan)"
+    )
 
 
 def load_nslkdd(
@@ -317,26 +336,25 @@ def load_nslkdd(
     for candidate in candidates:
         if candidate.is_file():
             return read_nslkdd(candidate)
-    looked = f"looked for {candidates[0]} and {candidates[1]}"
-    how = (
-        f"put {fname} (or {fname}.gz) into {folder}, or set {ENV_VAR} / pass data_dir= to a "
-        f"folder containing nsl-kdd/{fname}"
-    )
+
+    def not_found(why: str) -> DataNotFoundError:
+        return DataNotFoundError(
+            f"NSL-KDD {split} file not found: no {candidates[0]} (or {fname}.gz); {why}",
+            holding=f"nsl-kdd/{fname}",
+        )
+
     if not download:
-        raise DataNotFoundError(f"NSL-KDD {split} file not found: {looked} (download=False); {how}")
+        raise not_found("download=False")
     failures = []
     for mirror in NSLKDD_MIRRORS:
         url = mirror.rstrip("/") + "/" + fname
         try:
             _download(url, candidates[0], sha256=sha)
         except (DataNotFoundError, MalformedDataError) as exc:
-            failures.append(f"{url}: {exc}")
+            failures.append(f"{url} ({short_reason(exc)})")
             continue
         return read_nslkdd(candidates[0])
-    tried = "; ".join(failures) or "no mirrors configured"
-    raise DataNotFoundError(
-        f"NSL-KDD {split} file not found: {looked}; download failed ({tried}); {how}"
-    )
+    raise not_found(f"download failed: {', '.join(failures)}" if failures else "no mirrors configured")
 
 
 def category_vocabulary(ds: NslKdd) -> dict[str, list[str]]:
@@ -531,7 +549,7 @@ def _sorted_equal_blocks(key: np.ndarray, n_clients: Any) -> list[np.ndarray]:
     n_clients = check_int(n_clients, "n_clients", minimum=1)
     size = key.shape[0] // n_clients
     if size == 0:
-        raise ValueError(f"n_clients={n_clients} exceeds the {key.shape[0]} rows; blocks would be empty")
+        raise PartitionError(f"n_clients={n_clients} exceeds the {key.shape[0]} rows; blocks would be empty")
     order = np.argsort(key, kind="stable").astype(np.int64, copy=False)
     return [np.sort(order[i * size : (i + 1) * size]) for i in range(n_clients)]
 

@@ -18,6 +18,7 @@ from ._checks import check_int, check_labels, check_seed
 __all__ = [
     "PARTITIONERS",
     "ClientIndex",
+    "PartitionError",
     "dirichlet",
     "iid",
     "label_histogram",
@@ -25,6 +26,10 @@ __all__ = [
     "sampled",
     "sorted_blocks",
 ]
+
+
+class PartitionError(ValueError):
+    """The samples cannot be split as asked: too many clients for them, or too few samples per client."""
 
 
 def iid(n_samples: int, n_clients: int, seed: int) -> list[np.ndarray]:
@@ -64,7 +69,7 @@ def dirichlet(
     min_size = check_int(min_size, "min_size", minimum=0)
     max_tries = check_int(max_tries, "max_tries", minimum=1)
     if n_clients * min_size > n_samples:
-        raise ValueError(
+        raise PartitionError(
             f"cannot give n_clients={n_clients} clients min_size={min_size} samples each from "
             f"{n_samples} samples"
         )
@@ -91,7 +96,7 @@ def dirichlet(
             sizes += np.bincount(client, minlength=n_clients)
         if sizes.min() >= min_size:
             return _parts_from_owner(owner, n_clients)
-    raise ValueError(
+    raise PartitionError(
         f"dirichlet: no draw gave every client >= min_size={min_size} samples in "
         f"max_tries={max_tries} tries (alpha={alpha}, n_clients={n_clients}, "
         f"n_samples={n_samples}); raise alpha, lower min_size or use fewer clients"
@@ -125,7 +130,7 @@ def sampled(n_samples: int, n_clients: int, per_client: int, seed: int) -> list[
     n_clients = check_int(n_clients, "n_clients", minimum=1)
     per_client = check_int(per_client, "per_client", minimum=1)
     if per_client > n_samples:
-        raise ValueError(
+        raise PartitionError(
             f"per_client={per_client} exceeds n_samples={n_samples}; a client draws distinct samples"
         )
     rng = np.random.default_rng(check_seed(seed))
@@ -255,7 +260,7 @@ def partition(name: str, labels: Any, n_clients: int, seed: int, **params: Any) 
 def _check_n_clients(n_clients: Any, n_samples: int) -> int:
     n_clients = check_int(n_clients, "n_clients", minimum=1)
     if n_clients > n_samples:
-        raise ValueError(
+        raise PartitionError(
             f"n_clients={n_clients} exceeds n_samples={n_samples}; every client needs at least "
             f"one sample (use sampled() for overlapping draws)"
         )

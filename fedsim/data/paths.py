@@ -30,7 +30,38 @@ _CHUNK = 1 << 20
 
 
 class DataNotFoundError(FileNotFoundError):
-    """A data file is missing locally and could not be downloaded."""
+    """A data file is missing locally and could not be downloaded.
+
+    ``holding`` (when set) is the path, relative to the data folder, that a data folder must hold
+    (e.g. ``"mnist/"``); the message then ends with how to point fedsim at one, naming ``option``
+    (the library's ``data_dir`` argument; the CLI names its ``--data-dir`` flag).
+    """
+
+    def __init__(self, message: str, *, holding: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.holding = holding
+
+    def describe(self, option: str = "data_dir") -> str:
+        """The message, with the hint on where data is looked up naming ``option``."""
+        if self.holding is None:
+            return self.message
+        return f"{self.message}; point {option} or {ENV_VAR} at a folder holding {self.holding}"
+
+    def __str__(self) -> str:
+        return self.describe()
+
+    def __reduce__(self):
+        return _rebuild_not_found, (self.message, self.holding)
+
+
+def _rebuild_not_found(message: str, holding: str | None) -> DataNotFoundError:
+    return DataNotFoundError(message, holding=holding)
+
+
+def short_reason(exc: BaseException) -> str:
+    """A short reason for a failed download: the ``reason`` set by ``download``, else the message."""
+    return str(getattr(exc, "reason", None) or exc)
 
 
 class MalformedDataError(ValueError):
@@ -81,21 +112,30 @@ def download(
 ) -> Path:
     """Download ``url`` to ``dest`` atomically (temp file + os.replace) and return ``dest``.
 
-    Creates ``dest``'s parent folder. Any network error (or an unwritable folder) raises
-    DataNotFoundError; a checksum mismatch raises MalformedDataError and leaves ``dest`` untouched.
+    Creates ``dest``'s parent folders; a download that fails removes the ones it created, so a
+    failed lookup leaves no empty data folder behind. Any network error (or an unwritable folder)
+    raises DataNotFoundError; a checksum mismatch raises MalformedDataError and leaves ``dest``
+    untouched. Both carry ``reason``, a short form of what went wrong.
     """
     dest = Path(dest)
     expected = _normalise_sha256(sha256) if sha256 is not None else None
     if timeout <= 0:
         raise ValueError(f"timeout must be positive, got {timeout!r}")
     hint = f"place the file at {dest} or set {ENV_VAR}"
+    created: list[Path] = []  # folders this call made: removed again unless the download succeeds
+
+    def failed(error: Exception, reason: str) -> Exception:
+        error.reason = reason  # short form, for callers that build their own message
+        return error
+
     try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        _make_folders(dest.parent, created)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
     except OSError as exc:
-        raise DataNotFoundError(
+        _remove_folders(created)
+        raise failed(DataNotFoundError(
             f"could not download {dest.name} from {url}: cannot write to {dest.parent} ({exc}); {hint}"
-        ) from exc
+        ), f"cannot write to {dest.parent}: {exc.strerror or exc}") from exc
     tmp = Path(tmp_name)
     # URLError covers HTTP errors and refused/unresolvable hosts; OSError covers timeouts and
     # resets mid-transfer; ValueError covers malformed URLs. Write errors are not caught here.
@@ -103,11 +143,13 @@ def download(
 
     def offline(exc: BaseException) -> DataNotFoundError:
         reason = getattr(exc, "reason", None) or exc
-        return DataNotFoundError(
+        short = getattr(reason, "strerror", None) or str(reason)
+        return failed(DataNotFoundError(
             f"could not download {dest.name} from {url} (offline?): {reason}; {hint}"
-        )
+        ), short)
 
     digest = hashlib.sha256()
+    done = False
     try:
         with os.fdopen(fd, "wb") as out:
             try:
@@ -125,15 +167,42 @@ def download(
                     digest.update(chunk)
                     out.write(chunk)
         if expected is not None and digest.hexdigest() != expected:
-            raise MalformedDataError(
+            raise failed(MalformedDataError(
                 f"downloaded {dest.name} from {url} but its sha256 is {digest.hexdigest()}, "
                 f"expected {expected}; {hint}"
-            )
+            ), "sha256 mismatch")
         os.replace(tmp, dest)
+        done = True
     finally:
         if tmp.exists():
             tmp.unlink()
+        if not done:
+            _remove_folders(created)
     return dest
+
+
+def _make_folders(folder: Path, created: list[Path]) -> None:
+    """``mkdir -p folder``, appending each folder it creates (outermost first) to ``created``."""
+    missing = []
+    for f in (folder, *folder.parents):
+        if f.exists():
+            break
+        missing.append(f)
+    for f in reversed(missing):
+        try:
+            f.mkdir()
+        except FileExistsError:
+            continue  # made meanwhile by someone else: not ours to remove
+        created.append(f)
+
+
+def _remove_folders(created: list[Path]) -> None:
+    """Remove the folders a failed download created, innermost first, if they are still empty."""
+    for f in reversed(created):
+        try:
+            f.rmdir()
+        except OSError:
+            return
 
 
 def _normalise_sha256(sha256: str) -> str:

@@ -1,5 +1,3 @@
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -8,8 +6,6 @@ import torch.nn.functional as F
 from attacks.labels import idlg_label
 from attacks.models import DropoutMLP, MaskedDropout, dropout_sites, set_masks
 from attacks.victims import load_victims, normalize_mnist
-
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 
 def test_masked_dropout_behaves_like_dropout_and_replays_masks():
@@ -40,9 +36,9 @@ def test_masked_dropout_behaves_like_dropout_and_replays_masks():
         MaskedDropout(1.0)
 
 
-@pytest.mark.skipif(not (SHARED / "mnist" / "dia_mnist_128.npz").is_file(), reason="victim set not found")
-def test_idlg_recovers_every_label_of_single_image_batches():
-    images, labels = load_victims("mnist", SHARED)
+@pytest.mark.needs_data("mnist-victims")
+def test_idlg_recovers_every_label_of_single_image_batches(data_root):
+    images, labels = load_victims("mnist", data_root)
     x = torch.tensor(normalize_mnist(images[:20]))
     torch.manual_seed(0)
     model = DropoutMLP(p=0.25).train()                          # gradients computed in train mode, dropout active

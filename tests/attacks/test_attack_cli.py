@@ -1,16 +1,11 @@
 import json
-from pathlib import Path
-
 import pytest
 
 from fedsim.cli import main
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-
-
-@pytest.mark.skipif(not (SHARED / "mnist" / "dia_mnist_128.npz").is_file(), reason="no victim set")
-def test_attack_command_prints_table_and_writes_grid(tmp_path, capsys):
-    rc = main(["attack", "--data-dir", str(SHARED), "--victims", "1", "--iterations", "150", "--no-progress", "--out", str(tmp_path)])
+@pytest.mark.needs_data("mnist-victims")
+def test_attack_command_prints_table_and_writes_grid(tmp_path, capsys, data_root):
+    rc = main(["attack", "--data-dir", str(data_root), "--victims", "1", "--iterations", "150", "--no-progress", "--out", str(tmp_path)])
     assert rc == 0
     table = (tmp_path / "summary.txt").read_text().splitlines()
     assert [line.split()[0] for line in table[2:]] == ["ig", "dia", "informed"]   # one row per attack
@@ -30,10 +25,10 @@ def test_attack_command_rejects_unknown_models_and_attacks(tmp_path, capsys):
     assert "--threads >= 1" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(not (SHARED / "cifar10-sample" / "dia_cifar10_128.npz").is_file(), reason="no victim set")
-def test_attack_command_runs_other_models_on_cifar(tmp_path, capsys):
+@pytest.mark.needs_data("cifar10-victims")
+def test_attack_command_runs_other_models_on_cifar(tmp_path, capsys, data_root):
     rc = main(["attack", "--model", "lenet", "--dataset", "cifar10", "--attack", "ig, informed,ig", "--victims", "2",
-               "--iterations", "5", "--data-dir", str(SHARED), "--out", str(tmp_path), "--no-progress"])
+               "--iterations", "5", "--data-dir", str(data_root), "--out", str(tmp_path), "--no-progress"])
     assert rc == 0
     rows = json.loads((tmp_path / "results.json").read_text())["rows"]
     assert sorted({r["attack"] for r in rows}) == ["ig", "informed"] and len(rows) == 4

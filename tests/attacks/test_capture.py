@@ -1,7 +1,5 @@
 """An attack against the update a FedAvg client actually sent in the simulation."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -18,12 +16,10 @@ from fedsim.messages import SERVER, Capture
 from fedsim.rng import Streams
 from fedsim.training import ClientData, LocalSGD
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
-
-@pytest.mark.skipif(not (SHARED / "mnist" / "dia_mnist_128.npz").is_file(), reason="no victim set")
-def test_curious_server_reconstructs_a_client_image_from_its_fedavg_update():
-    images, labels = load_victims("mnist", SHARED)
+@pytest.mark.needs_data("mnist-victims")
+def test_curious_server_reconstructs_a_client_image_from_its_fedavg_update(data_root):
+    images, labels = load_victims("mnist", data_root)
     x = normalize_mnist(images[:4])
     data = ClientData.from_parts(x, labels[:4], [np.array([i]) for i in range(4)])  # one image per client
     fed = Federation(data, torch.tensor(x), torch.tensor(labels[:4]), Streams(0))
@@ -48,13 +44,13 @@ def test_curious_server_reconstructs_a_client_image_from_its_fedavg_update():
     assert float(ssim(back(res.x), back(truth))) > 0.9
 
 
-@pytest.mark.skipif(not (SHARED / "mnist" / "dia_mnist_128.npz").is_file(), reason="no victim set")
-def test_dia_against_the_update_a_dropout_client_sent_beats_ig():
+@pytest.mark.needs_data("mnist-victims")
+def test_dia_against_the_update_a_dropout_client_sent_beats_ig(data_root):
     """FedAvg with the DIA MLP (p = 0.25) trained by the per-client loop: dropout is active when the client
     computes its step, the server sees only the update; DIA recovers the image, IG (ignoring dropout) does not."""
     from attacks.batched import batched_invert
 
-    images, labels = load_victims("mnist", SHARED)
+    images, labels = load_victims("mnist", data_root)
     x = normalize_mnist(images[:2])
     data = ClientData.from_parts(x, labels[:2], [np.array([i]) for i in range(2)])
     fed = Federation(data, torch.tensor(x), torch.tensor(labels[:2]), Streams(0))

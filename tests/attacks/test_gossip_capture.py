@@ -6,8 +6,6 @@ matches autograd to ~1e-15 relative (we allow 1e-10); in float32 the rounding of
 divided by lr gives ~1e-6 relative error on this model (we allow 1e-4).
 """
 
-from pathlib import Path
-
 import networkx as nx
 import numpy as np
 import pytest
@@ -30,7 +28,6 @@ from fedsim.models import build_model
 from fedsim.rng import Streams
 from fedsim.training import ClientData, LocalSGD
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 LR, BATCH, T = 0.1, 4, 2          # the attacked round is T (payloads of rounds T - 1 and T are used)
 VICTIM = 0
 # Victim 0's neighbours are 1, 2, 3. Node 2 hears 0, 1 and 3 (it can rebuild x_0); node 1 hears 0, 2, 4
@@ -194,10 +191,10 @@ def test_gossip_mixed_rejects_a_message_that_does_not_exist():
         gossip_mixed(W, 0, {}, lost=[(4, 0)])
 
 
-@pytest.mark.skipif(not (SHARED / "mnist" / "dia_mnist_128.npz").is_file(), reason="no victim set")
-def test_eavesdropper_reconstructs_a_gossip_victims_image():
+@pytest.mark.needs_data("mnist-victims")
+def test_eavesdropper_reconstructs_a_gossip_victims_image(data_root):
     """Ring of 4 nodes, one MNIST image each; an eavesdropper on all of node 0's links inverts round 1."""
-    images, labels = load_victims("mnist", SHARED)
+    images, labels = load_victims("mnist", data_root)
     x = normalize_mnist(images[:4])
     G = topologies.ring(4)
     W = topologies.metropolis_hastings(G)

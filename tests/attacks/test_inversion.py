@@ -1,5 +1,3 @@
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -10,14 +8,14 @@ from attacks.metrics import psnr, ssim
 from attacks.models import DropoutMLP
 from attacks.victims import MNIST_MEAN, MNIST_STD, load_victims, normalize_mnist
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 BOX = ((0 - MNIST_MEAN) / MNIST_STD, (1 - MNIST_MEAN) / MNIST_STD)
-needs_victims = pytest.mark.skipif(not (SHARED / "mnist" / "dia_mnist_128.npz").is_file(), reason="no victim set")
+needs_victims = pytest.mark.needs_data("mnist-victims")      # tests/conftest.py: data folder and skip rule
 
 
-def _victim(p: float):
-    """Victim 0 of the MNIST set, a seeded DropoutMLP(p) and the gradient it shares (train mode)."""
-    images, labels = load_victims("mnist", SHARED)
+def _victim(p: float, root):
+    """Victim 0 of the MNIST set in the data folder ``root``, a seeded DropoutMLP(p) and the gradient it shares
+    (train mode)."""
+    images, labels = load_victims("mnist", root)
     x, y = torch.tensor(normalize_mnist(images[:1])), torch.tensor(labels[:1])
     torch.manual_seed(0)
     model = DropoutMLP(p=p).train()
@@ -109,8 +107,8 @@ def test_ssim_psnr_hand_computed():
 
 
 @needs_victims
-def test_dia_clamps_masks_and_input_to_their_boxes():
-    x, y, model, target = _victim(0.25)
+def test_dia_clamps_masks_and_input_to_their_boxes(data_root):
+    x, y, model, target = _victim(0.25, data_root)
     res = invert(model, target, y, x.shape, BOX, "dia", config=InversionConfig(max_iterations=20))
     assert res.iterations == 20 and len(res.masks) == 3
     assert all(float(m.min()) >= 0 and float(m.max()) <= 1 and m.shape == (1, 512) for m in res.masks)
@@ -118,8 +116,8 @@ def test_dia_clamps_masks_and_input_to_their_boxes():
 
 
 @needs_victims
-def test_ig_reconstructs_an_mnist_victim_on_the_mlp_without_dropout():
-    x, y, model, target = _victim(0.0)
+def test_ig_reconstructs_an_mnist_victim_on_the_mlp_without_dropout(data_root):
+    x, y, model, target = _victim(0.0, data_root)
     res = invert(model, target, y, x.shape, BOX, "ig", config=InversionConfig(max_iterations=400))
     back = lambda z: z * MNIST_STD + MNIST_MEAN  # noqa: E731
     assert float(ssim(back(res.x), back(x))) > 0.9
@@ -127,8 +125,8 @@ def test_ig_reconstructs_an_mnist_victim_on_the_mlp_without_dropout():
 
 @needs_victims
 @pytest.mark.slow
-def test_dia_beats_ig_that_ignores_dropout():
-    x, y, model, target = _victim(0.25)
+def test_dia_beats_ig_that_ignores_dropout(data_root):
+    x, y, model, target = _victim(0.25, data_root)
     back = lambda z: z * MNIST_STD + MNIST_MEAN  # noqa: E731
     dia = invert(model, target, y, x.shape, BOX, "dia", config=InversionConfig(max_iterations=2500))
     ig = invert(model, target, y, x.shape, BOX, "ig", config=InversionConfig(max_iterations=1500))

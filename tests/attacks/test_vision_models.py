@@ -1,5 +1,3 @@
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -9,7 +7,6 @@ from attacks.models import DropoutMLP, dropout_sites, set_masks
 from attacks.victims import CIFAR10_MEAN, CIFAR10_STD, load_victims, normalize_cifar10
 from attacks.vision import LeNet, PatchFlatten, SmallResNet, SmallViT, build_attack_model
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 CASES = [("mlp", (1, 28, 28)), ("vit", (3, 32, 32)), ("lenet", (3, 32, 32)), ("lenet", (1, 28, 28)),
          ("resnet", (3, 32, 32)), ("resnet", (1, 28, 28))]
@@ -210,9 +207,9 @@ def test_normalize_cifar10_matches_source_formula():
         normalize_cifar10(images[..., 0])
 
 
-@pytest.mark.skipif(not (SHARED / "cifar10-sample" / "dia_cifar10_128.npz").is_file(), reason="victim set not found")
-def test_cifar10_victims_feed_the_vit():
-    images, labels = load_victims("cifar10", SHARED)
+@pytest.mark.needs_data("cifar10-victims")
+def test_cifar10_victims_feed_the_vit(data_root):
+    images, labels = load_victims("cifar10", data_root)
     assert images.shape == (128, 32, 32, 3) and list(labels[:8]) == [6, 2, 5, 2, 4, 9, 1, 6]
     x = torch.from_numpy(normalize_cifar10(images[:2]))
     assert abs(float(x.mean())) < 1.5 and x.shape == (2, 3, 32, 32)

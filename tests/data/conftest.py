@@ -9,16 +9,11 @@ import pytest
 
 from fedsim.data import Dataset, load_digits
 
-# The real data lives beside the repo (../shared/data); CI lays it out the same way.
-SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-
 
 @pytest.fixture(scope="session")
-def shared_data() -> Path:
-    """The shared read-only data folder, or skip if this checkout has none beside it."""
-    if not (SHARED_DATA / "mnist").is_dir():
-        pytest.skip(f"shared data folder not found at {SHARED_DATA / 'mnist'} (expected beside the repo)")
-    return SHARED_DATA
+def shared_data(require_data) -> Path:
+    """The data folder (FEDSIM_DATA_DIR, else the user cache; tests/conftest.py) holding the MNIST test set."""
+    return require_data("mnist")
 
 
 @pytest.fixture(scope="session")

@@ -142,8 +142,9 @@ def test_missing_files_download_fails_offline(tmp_path, monkeypatch):
     assert "http://127.0.0.1:9/mnist/" + IMAGES + ".gz" in message
 
 
-def test_missing_files_are_downloaded_from_mirror(tmp_path, monkeypatch, shared_data, mnist):
+def test_missing_files_are_downloaded_from_mirror(tmp_path, monkeypatch, shared_data, mnist, require_data):
     # A file:// "mirror" stands in for the network; the files land in <data_dir>/mnist/.
+    require_data(f"mnist/{IMAGES}.gz", f"mnist/{LABELS}.gz")        # the mirror serves the .gz files
     monkeypatch.setattr(datasets_module, "MNIST_MIRROR", (shared_data / "mnist").as_uri() + "/")
     ds = load_mnist_test(tmp_path)
     assert (tmp_path / "mnist" / (IMAGES + ".gz")).is_file()

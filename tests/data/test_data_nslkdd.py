@@ -50,10 +50,8 @@ ROW = (
 
 
 @pytest.fixture(scope="module")
-def nsl_root(shared_data) -> Path:
-    if not (shared_data / "nsl-kdd").is_dir():
-        pytest.skip(f"NSL-KDD not found at {shared_data / 'nsl-kdd'}")
-    return shared_data
+def nsl_root(require_data) -> Path:
+    return require_data("nsl-kdd-all")
 
 
 @pytest.fixture(scope="module")
@@ -136,10 +134,10 @@ def test_test_categories(test_ds):
     assert (test_ds.category == "normal").tolist() == (~test_ds.is_attack).tolist()
 
 
-def test_unknown_attack_name_is_categorized_unknown(tmp_path):
-    ds = read_nslkdd(_write(tmp_path / "x.txt", _rows((2, 41, "zeroday"), (3, 41, "normal"))))
-    assert ds.category.tolist() == ["DoS", "unknown", "normal", "DoS", "DoS"]
-    assert ds.is_attack.tolist() == [True, True, False, True, True]
+def test_unknown_attack_name_is_an_error_naming_file_and_line(tmp_path):
+    path = _write(tmp_path / "x.txt", _rows((2, 41, "zeroday"), (3, 41, "normal")))
+    with pytest.raises(MalformedDataError, match=r"line 2, column 41 \(label\): unknown label 'zeroday'; known: normal"):
+        read_nslkdd(path)
 
 
 def test_arrays_are_read_only(test_ds):

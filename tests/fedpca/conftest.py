@@ -1,11 +1,7 @@
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from fedsim.fedpca.problem import PCAClients
-
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 
 @pytest.fixture(scope="session")
@@ -23,9 +19,8 @@ def planted():
 
 
 @pytest.fixture(scope="session")
-def nsl_data():
-    if not (SHARED / "nsl-kdd").is_dir():
-        pytest.skip(f"NSL-KDD not found at {SHARED}/nsl-kdd")
+def nsl_data(require_data):
+    root = require_data("nsl-kdd")          # the data folder: FEDSIM_DATA_DIR, else the user cache
     from fedsim.fedpca import nslkdd
 
-    return nslkdd.prepare(SHARED)
+    return nslkdd.prepare(root)

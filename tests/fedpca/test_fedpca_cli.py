@@ -1,18 +1,15 @@
 import json
-from pathlib import Path
 
 import pytest
 
 from fedsim.cli import main
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-
-pytestmark = pytest.mark.skipif(not (SHARED / "nsl-kdd").is_dir(), reason=f"NSL-KDD not found at {SHARED}")
+pytestmark = pytest.mark.needs_data("nsl-kdd")     # tests/conftest.py: skip, or fail with FEDSIM_DATA_DIR set
 
 
-def test_fedpca_command_prints_one_table_and_saves_results(tmp_path, capsys):
+def test_fedpca_command_prints_one_table_and_saves_results(tmp_path, capsys, data_root):
     out = tmp_path / "fedpca"
-    rc = main(["fedpca", "--data-dir", str(SHARED), "--methods", "centralized,fedpg-paper,fedpg", "--rounds", "3",
+    rc = main(["fedpca", "--data-dir", str(data_root), "--methods", "centralized,fedpg-paper,fedpg", "--rounds", "3",
                "-k", "20", "--out", str(out)])
     assert rc == 0
     text = capsys.readouterr().out
@@ -25,13 +22,13 @@ def test_fedpca_command_prints_one_table_and_saves_results(tmp_path, capsys):
     assert (out / "roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_fedpca_k_larger_than_d_is_a_named_error(tmp_path, capsys):
-    rc = main(["fedpca", "--data-dir", str(SHARED), "--methods", "centralized", "-k", "40", "--out", str(tmp_path)])
+def test_fedpca_k_larger_than_d_is_a_named_error(tmp_path, capsys, data_root):
+    rc = main(["fedpca", "--data-dir", str(data_root), "--methods", "centralized", "-k", "40", "--out", str(tmp_path)])
     assert rc == 2
     assert "k > d" in capsys.readouterr().err
 
 
-def test_fedpca_unknown_method_is_named(tmp_path, capsys):
-    rc = main(["fedpca", "--data-dir", str(SHARED), "--methods", "fedpgg", "--out", str(tmp_path)])
+def test_fedpca_unknown_method_is_named(tmp_path, capsys, data_root):
+    rc = main(["fedpca", "--data-dir", str(data_root), "--methods", "fedpgg", "--out", str(tmp_path)])
     assert rc == 2
     assert "fedpgg" in capsys.readouterr().err

@@ -132,7 +132,7 @@ def test_paper_variant_quirks(planted):
     alg = FedPG(k, variant="paper", client_fraction=0.2)
     s0 = alg.init(fed)
     assert (s0.Z >= 0).all() and (s0.Z < 1).all() and float(orthonormality_error(s0.Z)) > 0.1  # uniform Z0
-    assert torch.equal(s0.Y[0], s0.Z) and torch.equal(s0.U[3], s0.Z)
+    assert torch.equal(s0.Y[0], s0.Z) and torch.equal(s0.U[3], s0.Z)  # copies of Z0: bit-equal
     down = Capture(kinds=("downlink",))
     res = simulate(alg, fed, 4, taps=[down], eval_every=0)
     by_round = {t: sorted(r.receiver for r in down.records if r.round == t) for t in range(4)}
@@ -178,7 +178,7 @@ def test_partial_participation_and_message_accounting(planted):
     # downlink Z to 2 clients + uplink (U_i, Y_i) from 2 clients, float64
     assert res.history[0]["bytes_sent"] == (2 * d * k + 2 * 2 * d * k) * 8
     dropped = simulate(FedPG(k, client_fraction=1.0), fed, 3, taps=[LinkDrop(1.0)], eval_every=0)
-    assert torch.equal(dropped.state.Z, FedPG(k, client_fraction=1.0).init(fed).Z)
+    assert torch.equal(dropped.state.Z, FedPG(k, client_fraction=1.0).init(fed).Z)  # nothing arrived: Z0 itself
 
 
 def test_k_larger_than_d_is_rejected(planted):

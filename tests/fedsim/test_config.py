@@ -430,3 +430,8 @@ def test_momentum_buffer_resolves_per_algorithm():
     assert not RunConfig().algorithm.keep_momentum
     with pytest.raises(ConfigError, match="momentum_buffer"):
         replace(RunConfig(), {"algorithm.momentum_buffer": "sometimes"})
+
+
+def test_negative_seed_is_a_config_error():
+    with pytest.raises(ConfigError, match="seed must be >= 0"):
+        replace(RunConfig(), {"seed": -1})

@@ -7,7 +7,6 @@ The references are dense matrices and per-node Python loops written in the test,
 """
 
 import networkx as nx
-import numpy as np
 import pytest
 import torch
 

@@ -1,6 +1,5 @@
 """The batched engine against the per-client reference loop, determinism, resume and taps."""
 
-import numpy as np
 import pytest
 import torch
 

@@ -1,13 +1,9 @@
 """End-to-end accuracy checks on real data."""
 
-from pathlib import Path
-
 import pytest
 
 from fedsim.config import from_dict
 from fedsim.experiment import run
-
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 
 def test_fedavg_digits_ten_clients_above_90_percent():
@@ -26,9 +22,9 @@ def test_gossip_ring_digits_reaches_fedavg_level():
     assert result.final("nodes_acc_min") > 0.85
 
 
-@pytest.mark.skipif(not (SHARED / "mnist").is_dir(), reason=f"MNIST test set not found at {SHARED}/mnist")
-def test_lenet_fedavg_on_mnist_test_set_learns(monkeypatch):
-    monkeypatch.setenv("FEDSIM_DATA_DIR", str(SHARED))
+@pytest.mark.needs_data("mnist")
+def test_lenet_fedavg_on_mnist_test_set_learns(monkeypatch, data_root):
+    monkeypatch.setenv("FEDSIM_DATA_DIR", str(data_root))
     # LeNet on CPU costs ~1 s a round here; 10 rounds reach ~85% (seed 0), we require 75%.
     cfg = from_dict({"rounds": 10, "clients": 10, "eval_every": 10, "threads": 1,
                      "data": {"dataset": "mnist", "partition": "dirichlet", "alpha": 1.0},

@@ -39,7 +39,7 @@ def test_schedule_reproducible_and_order_independent(schedule):
     forward = [dense(schedule.at(t)) for t in range(6)]
     backward = [dense(schedule.at(t)) for t in reversed(range(6))][::-1]
     for a, b in zip(forward, backward):
-        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a, b)  # the same computation repeated: bit-equal
     G = T.random_regular(30, 4, seed=2)
     fresh = type(schedule)(G, **({"q": 0.3} if isinstance(schedule, T.LinkFailures) else {}), seed=5)
     np.testing.assert_array_equal(dense(fresh.at(4)), forward[4])  # a resumed run sees the same W_4
@@ -73,6 +73,7 @@ def test_random_matching_is_a_maximal_matching():
 def test_link_failures_q0_equals_metropolis_hastings():
     G = T.watts_strogatz(30, 4, 0.2, seed=0)
     S = T.LinkFailures(G, q=0.0, seed=3)
+    # every edge alive: the same arrays through the same code as metropolis_hastings, so bit-equal
     np.testing.assert_array_equal(dense(S.at(7)), dense(T.metropolis_hastings(G)))
 
 
