@@ -104,9 +104,9 @@ def _run_one(cfg, out_dir: Path, resume: bool, progress: bool, overwrite: bool =
     return result, time.perf_counter() - start
 
 
-def _finish(rows: list[dict], results: dict, out_dir: Path, title: str) -> None:
+def _finish(rows: list[dict], results: dict, out_dir: Path, title: str, configs: list) -> None:
     from fedsim.engine import atomic_write_text
-    from fedsim.plots import plot_runs
+    from fedsim.plots import diagnostic_panels, plot_diagnostics, plot_runs
 
     table = format_table(rows, SUMMARY_COLUMNS)
     print(table)
@@ -114,6 +114,11 @@ def _finish(rows: list[dict], results: dict, out_dir: Path, title: str) -> None:
     png = plot_runs(results, out_dir / "accuracy.png", title=title)
     print(f"\nresults: {out_dir}/  (summary.txt, accuracy.png, <run>/history.csv, config.toml, checkpoint.pt)")
     print(f"plot:    {png}")
+    if diagnostic_panels(list(results.values())):
+        ticks = any(cfg.time.mode == "async" for cfg in configs)
+        more = plot_diagnostics(results, out_dir / "diagnostics.png", x_label="tick" if ticks else "round",
+                                x_key="round", title=title)
+        print(f"         {more}  (node accuracy range, weight variance vs Xavier, consensus, bytes)")
 
 
 def _apply_common(cfg, args):
@@ -135,7 +140,7 @@ def cmd_run(args) -> int:
     cfg = _apply_common(load(args.config), args)
     out_dir = Path(args.out) if args.out else Path("results") / cfg.name
     result, seconds = _run_one(cfg, out_dir, args.resume, not args.no_progress, args.overwrite)
-    _finish([summarize(cfg.name, cfg, result, seconds)], {cfg.name: result}, out_dir, cfg.name)
+    _finish([summarize(cfg.name, cfg, result, seconds)], {cfg.name: result}, out_dir, cfg.name, [cfg])
     return 0
 
 
@@ -159,7 +164,7 @@ def cmd_quickstart(args) -> int:
         rows.append(summarize(cfg.name, cfg, result, seconds))
         results[cfg.name] = result
     print("fedsim quickstart: scikit-learn digits (1,437 train / 360 test), MLP 64-32-10, 10 clients\n")
-    _finish(rows, results, out_dir, "fedsim quickstart: FedAvg vs decentralized SGD on digits")
+    _finish(rows, results, out_dir, "fedsim quickstart: FedAvg vs decentralized SGD on digits", cfgs)
     return 0
 
 
@@ -176,7 +181,7 @@ def _quickstart_plan(cfgs, out_dir: Path, resume: bool, overwrite: bool) -> list
 
     if resume and overwrite:
         raise RunFolderError("--resume and --overwrite exclude each other")
-    single = [f for f in run_files(out_dir) if f not in ("summary.txt", "accuracy.png")]
+    single = [f for f in run_files(out_dir) if f not in ("summary.txt", "accuracy.png", "diagnostics.png")]
     if single and not overwrite:
         raise RunFolderError(f"{out_dir} holds a single run ({', '.join(single)}), not quickstart results; "
                              "pass --overwrite to replace it, or choose another --out")

@@ -8,11 +8,13 @@ A config file looks like ``experiments/configs/quickstart.toml``::
     clients = 10
 
     [data]        dataset, dir, test_fraction, partition, alpha, per_client
-    [model]       name, hidden
+    [model]       name, hidden, init
     [algorithm]   name, lr, momentum, weight_decay, local_steps, batch_size, clients_per_round,
-                  active_fraction, same_init, weighted, momentum_buffer
+                  active_fraction, same_init, weighted, momentum_buffer, averaging, beta,
+                  correction_target, correction_tensors, correction_eps, correction_unbiased
     [topology]    name, k, p, m, path, mixing, schedule, q
-    [taps]        link_drop
+    [time]        mode, interval
+    [faults]      loss, delay, churn, churn_ticks
 """
 
 from __future__ import annotations
@@ -67,11 +69,13 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: str = "mlp"                # mlp | lenet
+    name: str = "mlp"                # mlp | lenet (LeNet-5) | lenet_caffe (Caffe's MNIST LeNet 20-50-500-10)
     hidden: tuple[int, ...] = (32,)  # MLP hidden sizes
+    init: str = "default"            # default (PyTorch's) | xavier (Glorot uniform) | xavier_fan_in (Caffe's); biases 0
 
     def validate(self) -> None:
-        _choice("model.name", self.name, ("mlp", "lenet"))
+        _choice("model.name", self.name, ("mlp", "lenet", "lenet_caffe"))
+        _choice("model.init", self.init, ("default", "xavier", "xavier_fan_in"))
         for h in self.hidden:
             _positive("model.hidden entries", h)
 
@@ -89,6 +93,12 @@ class AlgorithmConfig:
     same_init: bool = True           # gossip: all nodes start from one model
     weighted: bool = True            # fedavg: weight clients by their sample counts
     momentum_buffer: str = "auto"    # auto (gossip: keep, fedavg: reset) | keep (across rounds) | reset (every round)
+    averaging: str = "plain"         # gossip: plain (W) | beta (beta own + (1 - beta) mean received) | variance_corrected
+    beta: float = 0.5                # weight of the own model in the beta / variance_corrected rules, in [0, 1)
+    correction_target: str = "others"     # variance_corrected: others | follow_beta
+    correction_tensors: str = "weights"   # variance_corrected: weights (ndim >= 2) | all_but_bn_stats
+    correction_eps: float = 0.0           # variance_corrected: eps in sqrt((target + eps) / (var + eps))
+    correction_unbiased: bool = False     # variance_corrected: unbiased (n - 1) instead of population variance
 
     @property
     def keep_momentum(self) -> bool:
@@ -109,6 +119,25 @@ class AlgorithmConfig:
         if not 0 < self.active_fraction <= 1:
             raise ConfigError(f"algorithm.active_fraction must be in (0, 1], got {self.active_fraction!r}")
         _choice("algorithm.momentum_buffer", self.momentum_buffer, ("auto", "keep", "reset"))
+        _choice("algorithm.averaging", self.averaging, ("plain", "beta", "variance_corrected"))
+        _choice("algorithm.correction_target", self.correction_target, ("others", "follow_beta"))
+        _choice("algorithm.correction_tensors", self.correction_tensors, ("weights", "all_but_bn_stats"))
+        if not 0 <= self.beta < 1:
+            raise ConfigError(f"algorithm.beta must be in [0, 1), got {self.beta!r}")
+        _positive("algorithm.correction_eps", self.correction_eps, zero_ok=True)
+        if self.name == "fedavg" and self.averaging != "plain":
+            raise ConfigError(f"algorithm.averaging = {self.averaging!r} is a gossip rule; FedAvg averages on the "
+                              "server (use algorithm.name = 'gossip')")
+        defaults = AlgorithmConfig.__dataclass_fields__
+        if self.averaging != "variance_corrected":
+            changed = [k for k in ("correction_target", "correction_tensors", "correction_eps", "correction_unbiased")
+                       if getattr(self, k) != defaults[k].default]
+            if changed:
+                raise ConfigError(f"algorithm.{changed[0]} applies to algorithm.averaging = 'variance_corrected', "
+                                  f"not {self.averaging!r}")
+        if self.averaging == "plain" and self.beta != defaults["beta"].default:
+            raise ConfigError("algorithm.beta applies to algorithm.averaging = 'beta' or 'variance_corrected', "
+                              "not 'plain' (which mixes with the topology's weights)")
         if self.momentum and self.local_steps == 0:
             raise ConfigError(f"algorithm.momentum = {self.momentum!r} has no effect with algorithm.local_steps = 0 "
                               "(plain averaging); set momentum = 0 or take local steps")
@@ -139,13 +168,35 @@ class TopologyConfig:
             raise ConfigError(f"topology.q must be in [0, 1], got {self.q!r}")
 
 
+def _int_range(where: str, value: tuple[int, ...], minimum: int) -> None:
+    if len(value) != 2 or not minimum <= value[0] <= value[1]:
+        raise ConfigError(f"{where} must be [low, high] with {minimum} <= low <= high, got {list(value)!r}")
+
+
 @dataclass(frozen=True)
-class TapsConfig:
-    link_drop: float = 0.0           # probability that any one message is lost
+class TimeConfig:
+    mode: str = "sync"               # sync (rounds: every node trains, sends, mixes) | async (ticks, per-node clocks)
+    interval: tuple[int, ...] = (8, 12)   # async: ticks between a node's trainings, uniform in [low, high]
 
     def validate(self) -> None:
-        if not 0 <= self.link_drop <= 1:
-            raise ConfigError(f"taps.link_drop must be in [0, 1], got {self.link_drop!r}")
+        _choice("time.mode", self.mode, ("sync", "async"))
+        _int_range("time.interval", self.interval, 1)
+
+
+@dataclass(frozen=True)
+class FaultsConfig:
+    loss: float = 0.0                # probability that any one message is lost
+    delay: int = 0                   # async: ticks a message is in flight
+    churn: float = 0.0               # async: per-tick probability that an online node goes offline
+    churn_ticks: tuple[int, ...] = (10, 50)   # async: how long it stays offline, uniform in [low, high] ticks
+
+    def validate(self) -> None:
+        if not 0 <= self.loss <= 1:
+            raise ConfigError(f"faults.loss must be in [0, 1], got {self.loss!r}")
+        _positive("faults.delay", self.delay, zero_ok=True)
+        if not 0 <= self.churn < 1:
+            raise ConfigError(f"faults.churn must be in [0, 1), got {self.churn!r}")
+        _int_range("faults.churn_ticks", self.churn_ticks, 1)
 
 
 @dataclass(frozen=True)
@@ -157,13 +208,15 @@ class RunConfig:
     device: str = "cpu"              # cpu | cuda | cuda:N
     threads: int = 1                 # torch intra-op threads (0 = torch default); see benchmarks/RESULTS.md
     eval_every: int = 1
+    eval_nodes: int = 10             # gossip: nodes evaluated (evenly spaced) for node accuracy mean/min/max; 0 = all
     checkpoint_every: int = 10       # rounds between resumable checkpoints (0 = never)
     vectorized: bool = True          # False: the per-client reference loop (slow; for checking)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     topology: TopologyConfig = field(default_factory=TopologyConfig)
-    taps: TapsConfig = field(default_factory=TapsConfig)
+    time: TimeConfig = field(default_factory=TimeConfig)
+    faults: FaultsConfig = field(default_factory=FaultsConfig)
 
     def validate(self) -> "RunConfig":
         """Check every value; return self so ``RunConfig(...).validate()`` chains."""
@@ -172,12 +225,36 @@ class RunConfig:
         if self.clients < 1:
             raise ConfigError(f"clients must be >= 1, got {self.clients!r}")
         _positive("eval_every", self.eval_every)
+        _positive("eval_nodes", self.eval_nodes, zero_ok=True)
         _positive("checkpoint_every", self.checkpoint_every, zero_ok=True)
         _positive("threads", self.threads, zero_ok=True)
         if not (self.device == "cpu" or self.device == "cuda" or self.device.startswith("cuda:")):
             raise ConfigError(f"device = {self.device!r} is not 'cpu', 'cuda' or 'cuda:N'")
-        for section in (self.data, self.model, self.algorithm, self.topology, self.taps):
+        for section in (self.data, self.model, self.algorithm, self.topology, self.time, self.faults):
             section.validate()
+        directed = self.topology.name in ("directed_ring", "directed_exponential")
+        if directed and self.algorithm.averaging != "plain":
+            raise ConfigError(f"algorithm.averaging = {self.algorithm.averaging!r} needs an undirected topology; "
+                              f"topology.name = {self.topology.name!r} runs push-sum, which needs 'plain'")
+        if self.time.mode == "async":
+            if self.algorithm.name != "gossip":
+                raise ConfigError("time.mode = 'async' runs gossip nodes on their own clocks; "
+                                  f"algorithm.name = {self.algorithm.name!r} runs in rounds (time.mode = 'sync')")
+            if directed:
+                raise ConfigError(f"time.mode = 'async' needs an undirected topology, got {self.topology.name!r}")
+            if self.algorithm.momentum_buffer == "reset":
+                raise ConfigError("algorithm.momentum_buffer = 'reset' does not apply to time.mode = 'async': a node "
+                                  "keeps its optimizer (and momentum) across its training events")
+            if self.algorithm.active_fraction != 1:
+                raise ConfigError("algorithm.active_fraction applies to time.mode = 'sync'; in 'async' mode every "
+                                  "node trains on its own clock (time.interval)")
+        else:
+            for key in ("delay", "churn"):
+                if getattr(self.faults, key):
+                    raise ConfigError(f"faults.{key} needs time.mode = 'async' (messages in flight and offline "
+                                      "periods are counted in ticks)")
+            if self.time.interval != TimeConfig().interval:
+                raise ConfigError("time.interval applies to time.mode = 'async'")
         if self.algorithm.name == "fedavg" and self.topology.name != "star":
             raise ConfigError(f"algorithm 'fedavg' runs on a star; got topology.name = {self.topology.name!r} "
                               "(use algorithm.name = 'gossip' for other graphs)")
@@ -200,6 +277,9 @@ def _build(cls, values: dict, where: str):
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for key, value in values.items():
+        if cls is RunConfig and key == "taps":
+            raise ConfigError("[taps] link_drop is now [faults] loss (the section holds every fault: loss, delay, "
+                              "churn)")
         if key not in fields:
             close = difflib.get_close_matches(key, fields, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""

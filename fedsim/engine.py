@@ -17,6 +17,7 @@ import torch
 
 from fedsim.files import atomic_write_text  # noqa: F401  (re-exported: experiments import it from here)
 from fedsim.messages import ByteCounter, Messages
+from fedsim.metrics import node_accuracy_summary
 from fedsim.rng import Streams
 from fedsim.training import ClientData, evaluate
 
@@ -107,10 +108,8 @@ def evaluate_models(algorithm, state, fed: Federation) -> dict[str, float]:
     out = {}
     for name, rows in algorithm.models(state).items():
         acc, loss = evaluate(algorithm.trainer.model, rows, fed.test_x, fed.test_y)
-        out[f"{name}_acc"] = float(acc.mean())
+        out.update(node_accuracy_summary(acc, name))   # name_acc (mean), and _min / _max over several rows
         out[f"{name}_loss"] = float(loss.mean())
-        if len(rows) > 1:
-            out[f"{name}_acc_min"] = float(acc.min())
     if hasattr(algorithm, "diagnostics"):
         out.update(algorithm.diagnostics(state))
     return out

@@ -21,7 +21,8 @@ import torch
 
 import topologies
 from fedsim import data as fdata
-from fedsim.algorithms import FedAvg, FedAvgState, Gossip, GossipState
+from fedsim.algorithms import AsyncGossip, AsyncGossipState, FedAvg, FedAvgState, Gossip, GossipState
+from fedsim.averaging import Averaging
 from fedsim.config import ConfigError, RunConfig, to_toml
 from fedsim.engine import Federation, Result, atomic_write_text, simulate
 from fedsim.messages import LinkDrop
@@ -34,7 +35,7 @@ from fedsim.training import ClientData, LocalSGD
 DIRECTED = {"directed_ring": topologies.directed_ring, "directed_exponential": topologies.directed_exponential}
 MIXING = {"metropolis": topologies.metropolis_hastings, "max_degree": topologies.max_degree,
           "uniform": topologies.uniform_neighbour}
-STATES = {"FedAvgState": FedAvgState, "GossipState": GossipState}
+STATES = {"FedAvgState": FedAvgState, "GossipState": GossipState, "AsyncGossipState": AsyncGossipState}
 
 
 @dataclass(frozen=True)
@@ -108,17 +109,28 @@ def build(cfg: RunConfig) -> Setup:
     data = ClientData.from_parts(train.x, train.y, parts, device=device)
     fed = Federation(data, torch.as_tensor(test.x, device=device), torch.as_tensor(test.y, device=device),
                      Streams(cfg.seed), build_schedule(cfg), device)
-    model = build_model(cfg.model.name, tuple(train.x.shape[1:]), dataset.n_classes, cfg.model.hidden).to(device)
+    try:
+        model = build_model(cfg.model.name, tuple(train.x.shape[1:]), dataset.n_classes, cfg.model.hidden).to(device)
+    except ValueError as e:  # e.g. a CNN on inputs too small for it
+        raise ConfigError(f"model.name = {cfg.model.name!r} on {cfg.data.dataset}: {e}") from None
     alg = cfg.algorithm
     trainer = LocalSGD(model, lr=alg.lr, steps=alg.local_steps, batch_size=alg.batch_size,
                        momentum=alg.momentum, weight_decay=alg.weight_decay)
+    averaging = Averaging(alg.averaging, alg.beta, alg.correction_target, alg.correction_tensors, alg.correction_eps,
+                          alg.correction_unbiased)
     if alg.name == "fedavg":
         algorithm = FedAvg(trainer, alg.clients_per_round or cfg.clients, weighted=alg.weighted,
-                           vectorized=cfg.vectorized, keep_momentum=alg.keep_momentum)
+                           vectorized=cfg.vectorized, keep_momentum=alg.keep_momentum, init_scheme=cfg.model.init)
+    elif cfg.time.mode == "async":
+        faults = cfg.faults
+        algorithm = AsyncGossip(trainer, averaging, interval=tuple(cfg.time.interval), delay=faults.delay,
+                                churn=faults.churn, churn_ticks=tuple(faults.churn_ticks), same_init=alg.same_init,
+                                init_scheme=cfg.model.init, eval_nodes=cfg.eval_nodes, vectorized=cfg.vectorized)
     else:
         algorithm = Gossip(trainer, alg.active_fraction, same_init=alg.same_init, vectorized=cfg.vectorized,
-                           keep_momentum=alg.keep_momentum)
-    taps = (LinkDrop(cfg.taps.link_drop, seed=cfg.seed),) if cfg.taps.link_drop else ()
+                           keep_momentum=alg.keep_momentum, averaging=averaging, init_scheme=cfg.model.init,
+                           eval_nodes=cfg.eval_nodes)
+    taps = (LinkDrop(cfg.faults.loss, seed=cfg.seed),) if cfg.faults.loss else ()
     return Setup(algorithm, fed, taps)
 
 
@@ -181,8 +193,11 @@ def _restore_state(path: Path, payload: dict, reference, device: torch.device):
                                      missing and f"missing state field(s) {', '.join(map(repr, missing))}") if x)
         raise CheckpointError(f"checkpoint {path}: {what} for a {name}")
     values = {}
+    variable = getattr(cls, "VARIABLE_ROWS", ())   # fields whose number of rows changes during a run
     for field_name in fields:
         ref = getattr(reference, field_name) if reference is not None else _ANY
+        if field_name in variable and isinstance(ref, torch.Tensor) and isinstance(saved[field_name], torch.Tensor):
+            ref = ref.new_empty((saved[field_name].shape[0], *ref.shape[1:]))
         _check_value(path, f"state field {field_name!r}", saved[field_name], ref)
         values[field_name] = _to_device(saved[field_name], device)
     try:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+from collections.abc import Mapping, Sequence
 
 import matplotlib
 
@@ -11,6 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from fedsim.engine import Result  # noqa: E402
 from fedsim.files import save_figure_atomically  # noqa: E402
+
 
 def save_figure(fig, path: str | Path, dpi: int = 120) -> Path:
     """Lay out, save (format from the suffix; atomically, creating the folder) and close a figure."""
@@ -35,16 +38,22 @@ def accuracy_key(result: Result) -> str:
 def plot_runs(results: dict[str, Result], path: str | Path, title: str = "") -> Path:
     """Test accuracy and training loss versus round for each named run, saved as a PNG."""
     fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 4))
+    shaded, positive = False, False
     for label, res in results.items():
-        rows = [r for r in res.history if accuracy_key(res) in r]
-        (line,) = ax_acc.plot([r["round"] for r in rows], [r[accuracy_key(res)] for r in rows], marker=".",
-                              label=label)
-        if "nodes_acc_min" in res.keys():
+        key = accuracy_key(res)
+        rows = [r for r in res.history if r.get(key) == r.get(key) and key in r]   # evaluated rounds (not NaN)
+        (line,) = ax_acc.plot([r["round"] for r in rows], [r[key] for r in rows], marker=".", label=label)
+        if "nodes_acc_min" in res.keys() and "nodes_acc_max" in res.keys():
             ax_acc.fill_between([r["round"] for r in rows], [r["nodes_acc_min"] for r in rows],
-                                [r[accuracy_key(res)] for r in rows], alpha=0.15, color=line.get_color())
-        ax_loss.plot(res.column("round"), res.column("train_loss"), label=label)
-    ax_acc.set(xlabel="round", ylabel="test accuracy", title="test accuracy (shaded: worst sampled node)")
-    ax_loss.set(xlabel="round", ylabel="training loss", yscale="log", title="local training loss")
+                                [r["nodes_acc_max"] for r in rows], alpha=0.15, color=line.get_color())
+            shaded = True
+        loss = res.column("train_loss")
+        positive |= any(v > 0 for v in loss if v == v)
+        ax_loss.plot(res.column("round"), loss, label=label)
+    ax_acc.set(xlabel="round", ylabel="test accuracy",
+               title="test accuracy" + (" (shaded: range over the evaluated nodes)" if shaded else ""))
+    ax_loss.set(xlabel="round", ylabel="training loss", yscale="log" if positive else "linear",
+                title="local training loss")
     for ax in (ax_acc, ax_loss):
         ax.grid(alpha=0.3)
         ax.legend()
@@ -63,3 +72,134 @@ def plot_roc(curves: dict, path: str | Path, title: str = "") -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return save_figure(fig, path)
+
+
+# Diagnostic panels, in drawing order: (panel id, title). A panel is drawn when some run recorded its metric.
+DIAGNOSTIC_PANELS = (
+    ("accuracy", "test accuracy (line: node mean, band: min-max)"),
+    ("weight_var", "weight variance / Xavier (per layer)"),
+    ("consensus", "consensus distance"),
+    ("bytes", "bytes sent (cumulative)"),
+)
+_LINESTYLES = ("-", ":", "-.", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1)))
+
+
+def _named_results(results: Result | Sequence[Result] | Mapping[str, Result]) -> dict[str, Result]:
+    if isinstance(results, Result):
+        return {"": results}
+    if isinstance(results, Mapping):
+        return dict(results)
+    return {f"run {i}": r for i, r in enumerate(results)}
+
+
+def _layer_keys(res: Result) -> list[str]:
+    return [k for k in res.keys() if k.startswith("weight_var_ratio.")]
+
+
+def diagnostic_panels(results: Result | Sequence[Result] | Mapping[str, Result]) -> list[str]:
+    """The ids of the ``DIAGNOSTIC_PANELS`` the runs' histories have metrics for, in drawing order."""
+    keys = set().union(*(r.keys() for r in _named_results(results).values()))
+    present = {
+        "accuracy": bool(keys & {"nodes_acc", *ACCURACY_KEYS}),
+        "weight_var": any(k == "weight_var_ratio" or k.startswith("weight_var_ratio.") for k in keys),
+        "consensus": "consensus" in keys,
+        "bytes": "bytes_sent" in keys,
+    }
+    return [pid for pid, _ in DIAGNOSTIC_PANELS if present[pid]]
+
+
+def _series(res: Result, key: str, x_key: str) -> tuple[list, list]:
+    """(x, y) over the rows that recorded ``key`` (finite values only) and ``x_key``."""
+    xs, ys = [], []
+    for row in res.history:
+        v = row.get(key)
+        if v is not None and x_key in row and math.isfinite(v):
+            xs.append(row[x_key])
+            ys.append(v)
+    return xs, ys
+
+
+def _label(run: str, what: str) -> str:
+    return f"{run}: {what}" if run else what
+
+
+def diagnostics_figure(results: Result | Sequence[Result] | Mapping[str, Result], x_label: str = "round",
+                       x_key: str | None = None, title: str = ""):
+    """A figure with one panel per recorded diagnostic (``diagnostic_panels``), for one or more runs.
+
+    Panels: node test accuracy (mean line; min-max band where recorded; runs without per-node accuracy,
+    such as FedAvg, show their headline accuracy), weight variance relative to Xavier per layer (log y,
+    dashed line at 1 = Xavier), consensus distance (log y), cumulative bytes sent. The x axis is the
+    history column ``x_key`` (default ``x_label``: "round", or e.g. "tick"). Returns the figure, unsaved.
+    """
+    runs = _named_results(results)
+    if not runs:
+        raise ValueError("no runs to plot")
+    x_key = x_key or x_label
+    missing = [name or "run" for name, r in runs.items() if r.history and not any(x_key in row for row in r.history)]
+    if missing:
+        raise KeyError(f"history column {x_key!r} (the x axis) was never recorded in {', '.join(missing)}")
+    panels = diagnostic_panels(runs)
+    if not panels:
+        raise ValueError(f"none of the diagnostic metrics were recorded; recorded: {sorted(set().union(*(r.keys() for r in runs.values())))}")
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.9), squeeze=False)
+    titles = dict(DIAGNOSTIC_PANELS)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, pid in zip(axes[0], panels):
+        positive = False
+        for i, (run, res) in enumerate(runs.items()):
+            colour, style = colours[i % len(colours)], _LINESTYLES[i % len(_LINESTYLES)]
+            if pid == "accuracy":
+                keys = res.keys()
+                key = "nodes_acc" if "nodes_acc" in keys else next((k for k in ACCURACY_KEYS if k in keys), None)
+                if key is None:
+                    continue
+                xs, ys = _series(res, key, x_key)
+                ax.plot(xs, ys, color=colour, label=_label(run, key))
+                low = f"{key}_min" if f"{key}_min" in keys else None
+                high = f"{key}_max" if f"{key}_max" in keys else None
+                if low:
+                    rows = [r for r in res.history if x_key in r and all(math.isfinite(r.get(k, math.nan))
+                                                                          for k in (key, low, high or key))]
+                    ax.fill_between([r[x_key] for r in rows], [r[low] for r in rows],
+                                    [r[high or key] for r in rows], color=colour, alpha=0.2, lw=0)
+            elif pid == "weight_var":
+                layers = _layer_keys(res) or (["weight_var_ratio"] if "weight_var_ratio" in res.keys() else [])
+                for j, key in enumerate(layers):
+                    xs, ys = _series(res, key, x_key)
+                    layer_colour = colours[j % len(colours)] if key != "weight_var_ratio" else colour
+                    ax.plot(xs, ys, color=layer_colour, ls=style,
+                            label=_label(run, key.removeprefix("weight_var_ratio.") if "." in key else "all layers"))
+            elif pid == "consensus":
+                xs, ys = _series(res, "consensus", x_key)
+                positive |= any(y > 0 for y in ys)
+                if xs:
+                    ax.plot(xs, ys, color=colour, label=_label(run, "consensus"))
+            else:  # bytes: the history holds each round's bytes; rounds without the column sent nothing
+                xs, ys, total = [], [], 0.0
+                for row in res.history:
+                    v = row.get("bytes_sent", 0)
+                    total += v if v is not None and math.isfinite(v) else 0
+                    if x_key in row:
+                        xs.append(row[x_key])
+                        ys.append(total)
+                if "bytes_sent" in res.keys():
+                    ax.plot(xs, ys, color=colour, label=_label(run, "bytes sent"))
+        if pid == "weight_var":
+            ax.axhline(1.0, color="black", ls="--", lw=1, label="Xavier")
+        if pid == "weight_var" or (pid == "consensus" and positive):  # all zero (one shared model): stay linear
+            ax.set_yscale("log")
+        ax.set_ylabel({"accuracy": "test accuracy", "weight_var": "variance / Xavier variance",
+                       "consensus": "mean sq. distance to the mean model", "bytes": "bytes"}[pid])
+        ax.set(xlabel=x_label, title=titles[pid])
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def plot_diagnostics(results: Result | Sequence[Result] | Mapping[str, Result], path: str | Path,
+                     x_label: str = "round", x_key: str | None = None, title: str = "") -> Path:
+    """``diagnostics_figure`` saved (atomically, format from the suffix) to ``path``."""
+    return save_figure(diagnostics_figure(results, x_label, x_key, title), path)

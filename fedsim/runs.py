@@ -28,9 +28,10 @@ from fedsim.files import atomic_write_bytes
 MAGIC = b"fedsim checkpoint\n"
 FORMAT = 1
 MAX_HEADER = 4096
-RUN_FILES = ("config.toml", "history.json", "history.csv", "checkpoint.pt", "summary.txt", "accuracy.png")
+RUN_FILES = ("config.toml", "history.json", "history.csv", "checkpoint.pt", "summary.txt", "accuracy.png",
+             "diagnostics.png")
 # settings that may change when a run is resumed: they do not change the model a round produces
-RESUME_FREE = ("name", "rounds", "eval_every", "checkpoint_every", "threads", "device", "data.dir")
+RESUME_FREE = ("name", "rounds", "eval_every", "eval_nodes", "checkpoint_every", "threads", "device", "data.dir")
 
 
 class RunFolderError(Exception):

@@ -53,36 +53,85 @@ class ParamSpec:
         return torch.cat(parts, dim=-1)
 
 
+INIT_SCHEMES = ("default", "xavier", "xavier_fan_in")
+
+
 def init_population(model: nn.Module, clients: torch.Tensor, streams: Streams, shared: bool = True,
-                    dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> torch.Tensor:
+                    dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+                    init: str = "default") -> torch.Tensor:
     """Initial parameters for ``clients``, shape ``[len(clients), size]``.
 
-    PyTorch's default initialisation of Linear/Conv layers (uniform in +-1/sqrt(fan_in) for weights and
-    biases), drawn from the ``init`` stream of each client, or of client 0 for all when ``shared``.
+    ``init`` chooses the scheme for Linear/Conv layers (fan_in = in_features or in_channels*kH*kW,
+    fan_out = out_features or out_channels*kH*kW, as ``torch.nn.init`` defines them):
+
+    * ``"default"``: PyTorch's default, weights and biases uniform in +-1/sqrt(fan_in) (weight variance
+      1/(3 fan_in));
+    * ``"xavier"``: Glorot uniform (``torch.nn.init.xavier_uniform_``, the authors' DFL_torch code),
+      weights uniform in +-sqrt(6/(fan_in+fan_out)), variance 2/(fan_in+fan_out); biases zero;
+    * ``"xavier_fan_in"``: Caffe's "xavier" filler with its default FAN_IN normalisation (the authors'
+      DFL2 code), weights uniform in +-sqrt(3/fan_in), variance 1/fan_in; biases zero.
+
+    Every drawn tensor comes from the counter-based ``init/<param name>`` stream of each client (of
+    client 0 for all when ``shared``), so a client's initial model depends only on (seed, its id, init).
     """
+    if init not in INIT_SCHEMES:
+        raise ValueError(f"unknown init {init!r}; known: {', '.join(map(repr, INIT_SCHEMES))}")
     spec = ParamSpec.of(model)
     clients = torch.as_tensor(clients, dtype=torch.int64, device=device)
     keys = torch.zeros_like(clients) if shared else clients
-    fan_in = _fan_in(model)
+    fans = _fans(model)
     parts = []
-    for name, shape, k in zip(spec.names, spec.shapes, spec.sizes):
-        bound = 1.0 / math.sqrt(fan_in[name])
+    for name, k in zip(spec.names, spec.sizes):
+        fan_in, fan_out, is_weight = fans[name]
+        if init == "default":
+            bound = 1.0 / math.sqrt(fan_in)
+        elif not is_weight:
+            parts.append(torch.zeros(len(clients), k, dtype=dtype, device=device))
+            continue
+        elif init == "xavier":
+            bound = math.sqrt(6.0 / (fan_in + fan_out))
+        else:
+            bound = math.sqrt(3.0 / fan_in)
         u = streams.uniform(f"init/{name}", keys, None, (k,), dtype=torch.float64)
         parts.append(((2 * u - 1) * bound).to(dtype))
     return torch.cat(parts, dim=1)
 
 
-def _fan_in(model: nn.Module) -> dict[str, int]:
-    """fan_in of the layer owning each parameter (bias shares its weight's fan_in)."""
+def xavier_variance(model: nn.Module, init: str = "xavier") -> dict[str, float]:
+    """The reference variance of every weight tensor (``ndim >= 2``) of ``model`` under ``init``.
+
+    ``"xavier"``: 2/(fan_in+fan_out); ``"xavier_fan_in"``: 1/fan_in. ``"default"`` (PyTorch's init, whose
+    own variance is 1/(3 fan_in)) gives the Glorot value 2/(fan_in+fan_out): the Xavier optimum that the
+    vanishing-variance paper measures weight variance against, not the variance the default init draws.
+    """
+    if init not in INIT_SCHEMES:
+        raise ValueError(f"unknown init {init!r}; known: {', '.join(map(repr, INIT_SCHEMES))}")
     out = {}
+    for name, (fan_in, fan_out, is_weight) in _fans(model).items():
+        if is_weight:
+            out[name] = 1.0 / fan_in if init == "xavier_fan_in" else 2.0 / (fan_in + fan_out)
+    return out
+
+
+def _fans(model: nn.Module) -> dict[str, tuple[int, int, bool]]:
+    """(fan_in, fan_out, is a weight tensor) of the layer owning each parameter, in parameter order.
+
+    A layer is a module whose ``weight`` has ``ndim >= 2`` (Linear, Conv): fan_in = weight.shape[1] *
+    receptive field, fan_out = weight.shape[0] * receptive field (``torch.nn.init``'s definition); its other
+    parameters (the bias) share those fans.
+    """
+    found = {}
     for mod_name, mod in model.named_modules():
         weight = getattr(mod, "weight", None)
         if not isinstance(weight, torch.Tensor) or weight.ndim < 2:
             continue
-        fan = math.prod(weight.shape[1:])
-        for p_name, _ in mod.named_parameters(recurse=False):
-            out[f"{mod_name}.{p_name}" if mod_name else p_name] = fan
-    missing = [n for n, _ in model.named_parameters() if n not in out]
+        receptive = math.prod(weight.shape[2:])
+        fan_in, fan_out = weight.shape[1] * receptive, weight.shape[0] * receptive
+        for p_name, p in mod.named_parameters(recurse=False):
+            found[f"{mod_name}.{p_name}" if mod_name else p_name] = (fan_in, fan_out, p is weight and p.ndim >= 2)
+    names = [n for n, _ in model.named_parameters()]
+    missing = [n for n in names if n not in found]
     if missing:
         raise ValueError(f"cannot infer fan_in for parameters {missing}; only Linear/Conv layers are supported")
-    return out
+    return {n: found[n] for n in names}
+

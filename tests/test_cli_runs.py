@@ -405,7 +405,7 @@ def test_history_json_is_strict_json_with_null_for_nan(capsys, tmp_path, monkeyp
     monkeypatch.chdir(tmp_path)
     (tmp_path / "tiny.toml").write_text(TINY)
     # every message lost: no client trains, so the training loss is NaN in every round
-    code, _, err = cli(capsys, "run", "tiny.toml", "--out", "lost", "--no-progress", "--set", "taps.link_drop=1.0")
+    code, _, err = cli(capsys, "run", "tiny.toml", "--out", "lost", "--no-progress", "--set", "faults.loss=1.0")
     assert code == 0, err
     rows = strict_json((tmp_path / "lost" / "history.json").read_text())["history"]
     assert [row["train_loss"] for row in rows] == [None, None]

@@ -8,7 +8,8 @@ from typing import Callable
 import torch
 
 from fedsim.messages import SERVER, Messages
-from fedsim.state import init_population
+from fedsim.metrics import weight_var_ratio
+from fedsim.state import ParamSpec, init_population, xavier_variance
 from fedsim.training import LocalSGD, check_momentum_has_effect
 
 
@@ -51,13 +52,14 @@ class FedAvg:
     weighted: bool = True
     vectorized: bool = True
     keep_momentum: bool = False
+    init_scheme: str = "default"
 
     def __post_init__(self):
         check_momentum_has_effect(self.trainer, self.keep_momentum)
 
     def init(self, fed) -> FedAvgState:
         params = init_population(self.trainer.model, torch.zeros(1, dtype=torch.int64), fed.streams,
-                                 dtype=fed.dtype, device=fed.device)[0]
+                                 dtype=fed.dtype, device=fed.device, init=self.init_scheme)[0]
         buffers = None
         if self.trainer.momentum and self.keep_momentum:
             buffers = torch.zeros(fed.data.n_clients, len(params), dtype=params.dtype, device=params.device)
@@ -82,6 +84,11 @@ class FedAvg:
         senders = senders.to(fed.device)
         weights = fed.data.counts[senders] if self.weighted else torch.ones(len(senders), device=fed.device)
         return FedAvgState(aggregate(payload.to(fed.device), weights), momentum), metrics
+
+    def diagnostics(self, state: FedAvgState) -> dict[str, float]:
+        """The global model's weight variance relative to the Xavier value (``fedsim.metrics``)."""
+        model = self.trainer.model
+        return weight_var_ratio(state.params[None], ParamSpec.of(model), xavier_variance(model, self.init_scheme))
 
     def models(self, state: FedAvgState) -> dict[str, torch.Tensor]:
         """Parameter rows to evaluate: the global model."""

@@ -8,6 +8,10 @@ payloads that arrived, with the weights of the round's mixing matrix W_t (``Spar
 ``x <- W_t x`` when nothing was lost or changed. With a column-stochastic W_t this is stochastic gradient
 push (Assran et al., 2019): the weight travels in the same message as the values, as the last column.
 
+The combine step follows ``averaging`` (``fedsim.averaging``): ``plain`` mixes with W_t as above; ``beta`` and
+``variance_corrected`` are the buffer rules of Tian et al. (2024), over the models that arrived this round
+(undirected graphs only: push-sum's weights make sense with ``plain`` mixing alone).
+
 Momentum buffers (``momentum > 0``) are per-node state, kept across rounds by default (a node is one
 long-lived optimiser); ``keep_momentum=False`` restarts them every round.
 """
@@ -19,9 +23,11 @@ from typing import Callable
 
 import torch
 
+from fedsim.averaging import Averaging, Inbox, average_inbox, average_node, corrected_slices, tensor_variances
 from fedsim.messages import Messages
 from fedsim.mixing import SparseW
-from fedsim.state import init_population
+from fedsim.metrics import weight_var_ratio
+from fedsim.state import ParamSpec, init_population, xavier_variance
 from fedsim.training import LocalSGD, check_momentum_has_effect
 
 
@@ -58,6 +64,8 @@ class Gossip:
     vectorized: bool = True
     eval_nodes: int = 10
     keep_momentum: bool = True
+    averaging: Averaging = Averaging()
+    init_scheme: str = "default"
     _cache: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self):
@@ -65,8 +73,11 @@ class Gossip:
 
     def init(self, fed) -> GossipState:
         n = fed.data.n_clients
+        if fed.schedule.directed and self.averaging.rule != "plain":
+            raise ValueError(f"averaging rule {self.averaging.rule!r} needs an undirected topology: on a directed "
+                             "graph push-sum keeps the average unbiased only with plain mixing")
         x = init_population(self.trainer.model, torch.arange(n), fed.streams, shared=self.same_init,
-                            dtype=fed.dtype, device=fed.device)
+                            dtype=fed.dtype, device=fed.device, init=self.init_scheme)
         buffers = torch.zeros_like(x) if self.trainer.momentum and self.keep_momentum else None
         return GossipState(x, torch.ones(n, dtype=fed.dtype, device=fed.device), buffers)
 
@@ -111,20 +122,51 @@ class Gossip:
         senders, receivers = W.edges()
         own = torch.cat([x, state.w[:, None]], 1) if push_sum else x
         msgs = send(Messages.make(t, "gossip", torch.arange(n), own, senders, receivers))
-        mix = W.mix if self.vectorized else W.mix_loop
-        mixed = mix(own, msgs.payload, msgs.src, msgs.delivered)
+        if self.averaging.rule != "plain":
+            mixed = self._buffer_rule(x, msgs)
+        else:
+            mix = W.mix if self.vectorized else W.mix_loop
+            mixed = mix(own, msgs.payload, msgs.src, msgs.delivered)
         if push_sum:
             new = GossipState(mixed[:, :-1].contiguous(), mixed[:, -1].contiguous(), momentum)
         else:
             new = GossipState(mixed, state.w, momentum)
         return new, {"train_loss": float(losses.mean()), "participants": len(active)}
 
+    def _buffer_rule(self, x: torch.Tensor, msgs: Messages) -> torch.Tensor:
+        """The ``beta`` / ``variance_corrected`` rules over the models that arrived (batched or per node)."""
+        spec = ParamSpec.of(self.trainer.model)
+        ok = msgs.delivered.to(msgs.src.device)
+        rows, receivers = msgs.src[ok], msgs.dst[ok].to(x.device)
+        payload = msgs.payload.to(x.dtype)
+        if not self.vectorized:
+            out = x.clone()
+            for i in range(len(x)):
+                mine = rows[receivers == i]
+                out[i] = average_node(x[i], payload[mine.to(payload.device)], self.averaging, spec)
+            return out
+        slices = corrected_slices(spec, self.averaging.tensors) if self.averaging.corrects else []
+        variances = tensor_variances(payload, slices, self.averaging.unbiased)
+        inbox = Inbox.received(len(x), receivers, rows.to(x.device), payload, torch.ones_like(rows, dtype=x.dtype),
+                               variances)
+        return average_inbox(x, inbox, self.averaging, slices)
+
     def diagnostics(self, state: GossipState) -> dict[str, float]:
-        """Extra metrics computed on evaluation rounds."""
-        return {"consensus": consensus_distance(state.models)}
+        """Extra metrics computed on evaluation rounds: consensus distance, weight variance vs Xavier."""
+        return population_diagnostics(state.models, self.trainer.model, self.init_scheme)
 
     def models(self, state: GossipState) -> dict[str, torch.Tensor]:
-        """Parameter rows to evaluate: the network-average model and ``eval_nodes`` evenly spaced nodes."""
-        z = state.models
-        nodes = torch.linspace(0, len(z) - 1, min(self.eval_nodes, len(z))).round().long().unique()
-        return {"average": z.mean(0, keepdim=True), "nodes": z[nodes.to(z.device)]}
+        return evaluation_rows(state.models, self.eval_nodes)
+
+
+def population_diagnostics(z: torch.Tensor, model, init_scheme: str) -> dict[str, float]:
+    """Consensus distance and per-layer weight variance relative to the Xavier value (``fedsim.metrics``)."""
+    return {"consensus": consensus_distance(z),
+            **weight_var_ratio(z, ParamSpec.of(model), xavier_variance(model, init_scheme))}
+
+
+def evaluation_rows(z: torch.Tensor, eval_nodes: int) -> dict[str, torch.Tensor]:
+    """Parameter rows to evaluate: the network-average model and ``eval_nodes`` evenly spaced nodes (all: 0)."""
+    count = len(z) if eval_nodes <= 0 else min(eval_nodes, len(z))
+    nodes = torch.linspace(0, len(z) - 1, count).round().long().unique()
+    return {"average": z.mean(0, keepdim=True), "nodes": z[nodes.to(z.device)]}

@@ -1,4 +1,8 @@
-"""Small classifiers: an MLP and a LeNet-style CNN (PyTorch default initialisation)."""
+"""Small classifiers: an MLP, a LeNet-5 style CNN and Caffe's MNIST LeNet (the model of Tian et al.'s DFL2 code).
+
+The modules carry PyTorch's default initialisation; the simulations draw their own initial parameters
+(``fedsim.state.init_population``, with ``init`` in "default" | "xavier" | "xavier_fan_in").
+"""
 
 from __future__ import annotations
 
@@ -48,8 +52,59 @@ class LeNet(nn.Module):
         return self.classifier(self.features(x))
 
 
+class LeNetCaffe(nn.Module):
+    """Caffe's MNIST LeNet ("20-50-500-10"), the model of the authors' DFL2 code (Tian et al., 2024).
+
+    conv 5x5, 20 filters (stride 1, no padding) -> max-pool 2x2/2 -> conv 5x5, 50 filters -> max-pool 2x2/2
+    -> flatten -> Linear 500 -> ReLU -> Linear ``n_classes``. There is no non-linearity after the
+    convolutions (as in Caffe's ``lenet_train_test.prototxt``). Pooling rounds up (``ceil_mode=True``), as
+    Caffe's pooling layer does; on 28x28 MNIST rounding up and down coincide (24 -> 12, 8 -> 4).
+
+    On (1, 28, 28) inputs with 10 classes: 50*4*4 = 800 features; parameters
+    conv1 20*1*25 + 20 = 520, conv2 50*20*25 + 50 = 25,050, fc1 800*500 + 500 = 400,500,
+    fc2 500*10 + 10 = 5,010: 431,080 in all. Inputs need at least 15x15 pixels.
+
+    Caffe's "xavier" filler (the DFL2 initialisation) is ``init="xavier_fan_in"`` of ``init_population``;
+    the later PyTorch code (DFL_torch) uses ``init="xavier"`` (Glorot). Biases start at zero in both.
+    """
+
+    MIN_SIDE = 15
+
+    def __init__(self, in_shape: tuple[int, int, int] = (1, 28, 28), n_classes: int = 10,
+                 channels: tuple[int, int] = (20, 50), hidden: int = 500):
+        super().__init__()
+        if len(in_shape) != 3:
+            raise ValueError(f"lenet_caffe needs (C, H, W) inputs, got shape {tuple(in_shape)}")
+        c, h, w = in_shape
+        if min(h, w) < self.MIN_SIDE:
+            raise ValueError(f"lenet_caffe needs images of at least {self.MIN_SIDE}x{self.MIN_SIDE} pixels "
+                             f"(two unpadded 5x5 convolutions and two 2x2 poolings), got {tuple(in_shape)}")
+        self.features = nn.Sequential(
+            nn.Conv2d(c, channels[0], 5), nn.MaxPool2d(2, 2, ceil_mode=True),
+            nn.Conv2d(channels[0], channels[1], 5), nn.MaxPool2d(2, 2, ceil_mode=True),
+        )
+        flat = channels[1] * _caffe_side(h) * _caffe_side(w)
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(flat, hidden), nn.ReLU(), nn.Linear(hidden, n_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+def _caffe_side(n: int) -> int:
+    """Side length after conv5 -> pool2 (rounding up) -> conv5 -> pool2 (rounding up)."""
+    for _ in range(2):
+        n = -(-(n - 4) // 2)
+    return n
+
+
+MODELS = ("mlp", "lenet", "lenet_caffe")
+
+
 def build_model(name: str, in_shape: tuple[int, ...], n_classes: int, hidden: tuple[int, ...] | None = None) -> nn.Module:
-    """Build a model by name ("mlp" or "lenet") for inputs of shape ``in_shape`` (without the batch dim)."""
+    """Build a model by name (``MODELS``: "mlp", "lenet" or "lenet_caffe") for inputs of shape ``in_shape``
+    (without the batch dim). ``hidden`` sizes the MLP's hidden layers; the CNNs have fixed widths."""
     if name == "mlp":
         return MLP(math.prod(in_shape), tuple(hidden) if hidden is not None else (32,), n_classes)
     if name == "lenet":
@@ -58,4 +113,6 @@ def build_model(name: str, in_shape: tuple[int, ...], n_classes: int, hidden: tu
         if min(in_shape[1:]) < 4:
             raise ValueError(f"lenet needs images of at least 4x4 pixels, got {tuple(in_shape)}")
         return LeNet(tuple(in_shape), n_classes)
-    raise ValueError(f"unknown model {name!r}; known models: 'mlp', 'lenet'")
+    if name == "lenet_caffe":
+        return LeNetCaffe(tuple(in_shape), n_classes)
+    raise ValueError(f"unknown model {name!r}; known models: {', '.join(map(repr, MODELS))}")

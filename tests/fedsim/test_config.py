@@ -14,7 +14,7 @@ from fedsim.config import (
     DataConfig,
     ModelConfig,
     RunConfig,
-    TapsConfig,
+    FaultsConfig,
     TopologyConfig,
     from_dict,
     load,
@@ -77,7 +77,7 @@ def test_mnist_config_values():
     assert cfg.algorithm.clients_per_round == 10 and cfg.clients == 20
     assert cfg.algorithm.momentum == 0.9
     # keys the file leaves out keep their defaults
-    assert cfg.taps == TapsConfig() and cfg.data.test_fraction == DataConfig().test_fraction
+    assert cfg.faults == FaultsConfig() and cfg.data.test_fraction == DataConfig().test_fraction
 
 
 # --------------------------------------------------------------------------- round trips
@@ -102,7 +102,7 @@ def test_roundtrip_of_non_default_values():
                                   weighted=False, momentum_buffer="reset"),
         topology=TopologyConfig(name="watts_strogatz", k=2, p=0.25, m=3, path="edges.txt", mixing="uniform",
                                 schedule="static", q=0.75),
-        taps=TapsConfig(link_drop=1.0),
+        faults=FaultsConfig(loss=1.0),
     ).validate()
     back = roundtrip(cfg)
     assert back == cfg
@@ -121,7 +121,7 @@ def test_to_toml_layout():
     first_table = lines.index("[data]")
     assert all("=" in line for line in lines[:first_table] if line)  # flat keys before any table
     assert [line for line in lines if line.startswith("[")] == [
-        "[data]", "[model]", "[algorithm]", "[topology]", "[taps]"]
+        "[data]", "[model]", "[algorithm]", "[topology]", "[time]", "[faults]"]
     assert "vectorized = true" in lines and 'name = "run"' in lines and "hidden = [32]" in lines
 
 
@@ -138,7 +138,7 @@ def test_roundtrip_of_strings_with_control_characters(text):
     ({"algorithm": {"lrr": 0.1}}, ["'lrr'", "[algorithm]", "did you mean 'lr'"]),
     ({"data": {"partiton": "iid"}}, ["'partiton'", "[data]", "did you mean 'partition'"]),
     ({"topology": {"mixng": "uniform"}}, ["'mixng'", "[topology]", "did you mean 'mixing'"]),
-    ({"taps": {"link_dorp": 0.1}}, ["'link_dorp'", "[taps]", "did you mean 'link_drop'"]),
+    ({"faults": {"los": 0.1}}, ["'los'", "[faults]", "did you mean 'loss'"]),
     ({"model": {"hiden": [8]}}, ["'hiden'", "[model]", "did you mean 'hidden'"]),
     ({"round": 3}, ["'round'", "did you mean 'rounds'"]),
     ({"algorthm": {"lr": 0.1}}, ["'algorthm'", "did you mean 'algorithm'"]),
@@ -196,9 +196,9 @@ def test_section_that_is_not_a_table():
 
 
 def test_int_is_accepted_for_float():
-    cfg = from_dict({"algorithm": {"lr": 1}, "taps": {"link_drop": 0}})
+    cfg = from_dict({"algorithm": {"lr": 1}, "faults": {"loss": 0}})
     assert cfg.algorithm.lr == 1.0 and isinstance(cfg.algorithm.lr, float)
-    assert isinstance(cfg.taps.link_drop, float)
+    assert isinstance(cfg.faults.loss, float)
 
 
 def test_nan_from_toml_is_rejected():
@@ -221,8 +221,8 @@ def test_nan_from_toml_is_rejected():
     ("data.partition", "random", ["'random'", "'dirichlet'"]),
     ("topology.mixing", "laplacian", ["'laplacian'", "'metropolis'"]),
     ("topology.schedule", "weekly", ["'weekly'", "'matching'"]),
-    ("taps.link_drop", 2, ["got 2.0", "[0, 1]"]),
-    ("taps.link_drop", -0.5, ["got -0.5"]),
+    ("faults.loss", 2, ["got 2.0", "[0, 1]"]),
+    ("faults.loss", -0.5, ["got -0.5"]),
     ("topology.q", 1.5, ["got 1.5"]),
     ("model.name", "resnet", ["'resnet'", "'lenet'"]),
     ("model.hidden", [32, 0], ["got 0"]),
@@ -253,8 +253,8 @@ def test_out_of_range_names_key_and_value(dotted, value, fragments):
     {"algorithm.local_steps": 0},
     {"algorithm.momentum": 0.0},
     {"algorithm.momentum": 0.99, "algorithm.local_steps": 2},
-    {"taps.link_drop": 0.0},
-    {"taps.link_drop": 1.0},
+    {"faults.loss": 0.0},
+    {"faults.loss": 1.0},
     {"topology.q": 0.0},
     {"topology.q": 1.0},
     {"algorithm.active_fraction": 1.0},
@@ -435,3 +435,53 @@ def test_momentum_buffer_resolves_per_algorithm():
 def test_negative_seed_is_a_config_error():
     with pytest.raises(ConfigError, match="seed must be >= 0"):
         replace(RunConfig(), {"seed": -1})
+
+
+# --------------------------------------------------------------------------- gossip rules, time and faults
+
+
+@pytest.mark.parametrize("overrides, fragments", [
+    ({"algorithm.averaging": "beta"}, ["algorithm.averaging", "gossip rule"]),                 # on FedAvg
+    ({"algorithm.name": "gossip", "topology.name": "ring", "algorithm.averaging": "mean"}, ["'mean'", "'beta'"]),
+    ({"algorithm.name": "gossip", "topology.name": "ring", "algorithm.averaging": "beta", "algorithm.beta": 1.0},
+     ["algorithm.beta", "[0, 1)"]),
+    ({"algorithm.name": "gossip", "topology.name": "ring", "algorithm.beta": 0.3}, ["algorithm.beta", "'plain'"]),
+    ({"algorithm.name": "gossip", "topology.name": "ring", "algorithm.averaging": "beta",
+      "algorithm.correction_eps": 1e-4}, ["algorithm.correction_eps", "'variance_corrected'"]),
+    ({"algorithm.name": "gossip", "topology.name": "directed_ring", "algorithm.averaging": "variance_corrected"},
+     ["undirected", "push-sum"]),
+    ({"time.mode": "async"}, ["time.mode = 'async'", "fedavg"]),
+    ({"algorithm.name": "gossip", "topology.name": "directed_ring", "time.mode": "async"}, ["undirected"]),
+    ({"algorithm.name": "gossip", "topology.name": "ring", "time.mode": "async", "algorithm.active_fraction": 0.5},
+     ["algorithm.active_fraction", "async"]),
+    ({"algorithm.name": "gossip", "topology.name": "ring", "faults.delay": 2}, ["faults.delay", "time.mode = 'async'"]),
+    ({"algorithm.name": "gossip", "topology.name": "ring", "faults.churn": 0.1}, ["faults.churn", "async"]),
+    ({"algorithm.name": "gossip", "topology.name": "ring", "time.interval": [2, 3]}, ["time.interval", "async"]),
+    ({"algorithm.name": "gossip", "topology.name": "ring", "time.mode": "async", "time.interval": [5, 3]},
+     ["time.interval", "low <= high"]),
+    ({"algorithm.name": "gossip", "topology.name": "ring", "time.mode": "async", "faults.churn_ticks": [0, 3]},
+     ["faults.churn_ticks"]),
+    ({"algorithm.name": "gossip", "topology.name": "ring", "time.mode": "async", "algorithm.momentum": 0.9,
+      "algorithm.momentum_buffer": "reset", "algorithm.local_steps": 2}, ["momentum_buffer", "async"]),
+    ({"model.init": "he"}, ["model.init", "'xavier'"]),
+])
+def test_contradictory_gossip_settings_are_one_line_errors(overrides, fragments):
+    with pytest.raises(ConfigError) as info:
+        replace(RunConfig(), overrides)
+    msg = str(info.value)
+    assert "\n" not in msg
+    for fragment in fragments:
+        assert fragment in msg, (fragment, msg)
+
+
+def test_taps_section_points_to_faults():
+    with pytest.raises(ConfigError, match=r"\[faults\] loss"):
+        from_dict({"taps": {"link_drop": 0.1}})
+
+
+def test_async_variance_corrected_config_round_trips():
+    cfg = replace(RunConfig(), {"algorithm.name": "gossip", "topology.name": "regular", "time.mode": "async",
+                                "time.interval": [1, 4], "faults.delay": 2, "faults.churn": 0.05,
+                                "algorithm.averaging": "variance_corrected", "algorithm.correction_target": "follow_beta",
+                                "algorithm.correction_eps": 1e-4, "model.init": "xavier"})
+    assert roundtrip(cfg) == cfg and cfg.time.interval == (1, 4)
