@@ -186,7 +186,7 @@ class TimeConfig:
 @dataclass(frozen=True)
 class FaultsConfig:
     loss: float = 0.0                # probability that any one message is lost
-    delay: int = 0                   # async: ticks a message is in flight
+    delay: int = 0                   # gossip: rounds (sync, static topology) or ticks (async) a message is in flight
     churn: float = 0.0               # async: per-tick probability that an online node goes offline
     churn_ticks: tuple[int, ...] = (10, 50)   # async: how long it stays offline, uniform in [low, high] ticks
 
@@ -249,10 +249,13 @@ class RunConfig:
                 raise ConfigError("algorithm.active_fraction applies to time.mode = 'sync'; in 'async' mode every "
                                   "node trains on its own clock (time.interval)")
         else:
-            for key in ("delay", "churn"):
-                if getattr(self.faults, key):
-                    raise ConfigError(f"faults.{key} needs time.mode = 'async' (messages in flight and offline "
-                                      "periods are counted in ticks)")
+            if self.faults.churn:
+                raise ConfigError("faults.churn needs time.mode = 'async' (offline periods are counted in ticks)")
+            if self.faults.delay and self.algorithm.name != "gossip":
+                raise ConfigError("faults.delay applies to gossip (algorithm.name = 'gossip'), in rounds or ticks")
+            if self.faults.delay and self.topology.schedule != "static":
+                raise ConfigError(f"faults.delay in time.mode = 'sync' needs topology.schedule = 'static' (messages "
+                                  f"in flight keep the edges they were sent on), got {self.topology.schedule!r}")
             if self.time.interval != TimeConfig().interval:
                 raise ConfigError("time.interval applies to time.mode = 'async'")
         if self.algorithm.name == "fedavg" and self.topology.name != "star":

@@ -129,7 +129,7 @@ def build(cfg: RunConfig) -> Setup:
     else:
         algorithm = Gossip(trainer, alg.active_fraction, same_init=alg.same_init, vectorized=cfg.vectorized,
                            keep_momentum=alg.keep_momentum, averaging=averaging, init_scheme=cfg.model.init,
-                           eval_nodes=cfg.eval_nodes)
+                           eval_nodes=cfg.eval_nodes, delay=cfg.faults.delay)
     taps = (LinkDrop(cfg.faults.loss, seed=cfg.seed),) if cfg.faults.loss else ()
     return Setup(algorithm, fed, taps)
 

@@ -86,21 +86,23 @@ class SparseW:
             return self.matmul(x[:, None])[:, 0]
         return torch.sparse.mm(self.to_csr(), x)
 
-    def mix(self, own: torch.Tensor, payload: torch.Tensor, src: torch.Tensor,
-            delivered: torch.Tensor) -> torch.Tensor:
+    def mix(self, own: torch.Tensor, payload: torch.Tensor, src: torch.Tensor, delivered: torch.Tensor,
+            kept: torch.Tensor | None = None) -> torch.Tensor:
         """Combine ``own`` [n, P] with the payload rows that arrived over this matrix's edges.
 
         Edge e (in ``edges()`` order) carries ``payload[src[e]]``; undelivered edges fall back as in
         ``with_delivered``. Equals ``with_delivered(delivered).matmul(own)`` when every payload row is the
-        sender's own row.
+        sender's own row. ``kept`` (default ``delivered``): the edge mask that decides the fallback onto the
+        diagonal when it differs from the messages that arrive, as with delays: the payloads arriving now were
+        sent rounds ago, while a push-sum sender keeps the shares of the messages it loses now.
         """
         W = self.with_delivered(delivered)
         src = src.to(self.cols.device)
-        if payload is own and torch.equal(src, self.cols[self.off]):
+        if kept is None and payload is own and torch.equal(src, self.cols[self.off]):
             return W.matmul(own)
         if own.ndim == 1:
-            return self.mix(own[:, None], payload[:, None], src, delivered)[:, 0]
-        diag = W.vals[W.diag_pos]
+            return self.mix(own[:, None], payload[:, None], src, delivered, kept)[:, 0]
+        diag = (W if kept is None else self.with_delivered(kept)).vals[W.diag_pos]
         rows = self.rows[self.off]
         order = torch.argsort(rows * len(payload) + src)   # CSR: by receiver, then by payload row
         crow = torch.zeros(self.n + 1, dtype=torch.int64, device=rows.device)
@@ -111,14 +113,15 @@ class SparseW:
                                                size=(self.n, len(payload)), check_invariants=False)
         return torch.addcmul(torch.sparse.mm(received, payload.to(own.dtype)), diag[:, None], own)
 
-    def mix_loop(self, own: torch.Tensor, payload: torch.Tensor, src: torch.Tensor,
-                 delivered: torch.Tensor) -> torch.Tensor:
+    def mix_loop(self, own: torch.Tensor, payload: torch.Tensor, src: torch.Tensor, delivered: torch.Tensor,
+                 kept: torch.Tensor | None = None) -> torch.Tensor:
         """Reference ``mix``: a Python loop over receivers, each adding up the messages it got."""
         W = self.with_delivered(delivered)
+        own_weights = (W if kept is None else self.with_delivered(kept)).vals
         senders, receivers = self.edges()
         out = torch.empty_like(own)
         for i in range(self.n):
-            acc = W.vals[W.diag_pos[i]] * own[i]
+            acc = own_weights[W.diag_pos[i]] * own[i]
             for e in torch.nonzero(receivers == i).flatten().tolist():
                 if bool(delivered[e]):
                     acc = acc + W.vals[self.off[e]] * payload[int(src[e])]

@@ -33,12 +33,16 @@ from fedsim.training import LocalSGD, check_momentum_has_effect
 
 @dataclass(frozen=True)
 class GossipState:
-    """Stacked node parameters ``x`` ``[N, P]``, push-sum weights ``w`` ``[N]`` and, with momentum, each
-    node's momentum buffer ``momentum`` ``[N, P]`` (None otherwise)."""
+    """Stacked node parameters ``x`` ``[N, P]``, push-sum weights ``w`` ``[N]``, with momentum each node's
+    momentum buffer ``momentum`` ``[N, P]``, and with a delay of d rounds the messages in flight: the payloads
+    of the last d rounds ``flight_payload`` [d, N, P'] (oldest first) and their delivered flags
+    ``flight_delivered`` [d, E] (None otherwise)."""
 
     x: torch.Tensor
     w: torch.Tensor
     momentum: torch.Tensor | None = None
+    flight_payload: torch.Tensor | None = None
+    flight_delivered: torch.Tensor | None = None
 
     @property
     def models(self) -> torch.Tensor:
@@ -66,10 +70,13 @@ class Gossip:
     keep_momentum: bool = True
     averaging: Averaging = Averaging()
     init_scheme: str = "default"
+    delay: int = 0
     _cache: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self):
         check_momentum_has_effect(self.trainer, self.keep_momentum)
+        if self.delay < 0:
+            raise ValueError(f"delay must be >= 0 rounds, got {self.delay}")
 
     def init(self, fed) -> GossipState:
         n = fed.data.n_clients
@@ -79,7 +86,16 @@ class Gossip:
         x = init_population(self.trainer.model, torch.arange(n), fed.streams, shared=self.same_init,
                             dtype=fed.dtype, device=fed.device, init=self.init_scheme)
         buffers = torch.zeros_like(x) if self.trainer.momentum and self.keep_momentum else None
-        return GossipState(x, torch.ones(n, dtype=fed.dtype, device=fed.device), buffers)
+        flight = (None, None)
+        if self.delay:
+            if fed.schedule.at(0) is not fed.schedule.at(1):
+                raise ValueError("a delay in synchronous gossip needs a static topology (messages in flight keep "
+                                 "the edges they were sent on)")
+            width = x.shape[1] + (1 if fed.schedule.directed else 0)
+            edges = len(self._mixing(fed, 0).off)
+            flight = (x.new_zeros(self.delay, n, width),   # nothing arrives in the first d rounds
+                      torch.zeros(self.delay, edges, dtype=torch.bool, device=fed.device))
+        return GossipState(x, torch.ones(n, dtype=fed.dtype, device=fed.device), buffers, *flight)
 
     def _mixing(self, fed, t: int) -> SparseW:
         W = fed.schedule.at(t)
@@ -122,23 +138,33 @@ class Gossip:
         senders, receivers = W.edges()
         own = torch.cat([x, state.w[:, None]], 1) if push_sum else x
         msgs = send(Messages.make(t, "gossip", torch.arange(n), own, senders, receivers))
+        payload, src, delivered, kept, flight = msgs.payload, msgs.src, msgs.delivered, None, (None, None)
+        if self.delay:  # what arrives now left d rounds ago; this round's messages go in flight
+            if payload.shape[0] != n or not torch.equal(src.to(senders.device), senders):
+                raise ValueError("with a delay, taps may change payload values but not give edges payloads of "
+                                 "their own")
+            flight = (torch.cat([state.flight_payload[1:], payload[None].to(x.dtype)]),
+                      torch.cat([state.flight_delivered[1:], delivered[None].to(state.flight_delivered.device)]))
+            payload, src, delivered = state.flight_payload[0], senders, state.flight_delivered[0]
+            kept = msgs.delivered if push_sum else None   # push-sum: the sender keeps only what it loses now
         if self.averaging.rule != "plain":
-            mixed = self._buffer_rule(x, msgs)
+            mixed = self._buffer_rule(x, payload, src, delivered, receivers)
         else:
             mix = W.mix if self.vectorized else W.mix_loop
-            mixed = mix(own, msgs.payload, msgs.src, msgs.delivered)
+            mixed = mix(own, payload, src, delivered, kept)
         if push_sum:
-            new = GossipState(mixed[:, :-1].contiguous(), mixed[:, -1].contiguous(), momentum)
+            new = GossipState(mixed[:, :-1].contiguous(), mixed[:, -1].contiguous(), momentum, *flight)
         else:
-            new = GossipState(mixed, state.w, momentum)
+            new = GossipState(mixed, state.w, momentum, *flight)
         return new, {"train_loss": float(losses.mean()), "participants": len(active)}
 
-    def _buffer_rule(self, x: torch.Tensor, msgs: Messages) -> torch.Tensor:
+    def _buffer_rule(self, x: torch.Tensor, payload: torch.Tensor, src: torch.Tensor, delivered: torch.Tensor,
+                     dst: torch.Tensor) -> torch.Tensor:
         """The ``beta`` / ``variance_corrected`` rules over the models that arrived (batched or per node)."""
         spec = ParamSpec.of(self.trainer.model)
-        ok = msgs.delivered.to(msgs.src.device)
-        rows, receivers = msgs.src[ok], msgs.dst[ok].to(x.device)
-        payload = msgs.payload.to(x.dtype)
+        ok = delivered.to(src.device)
+        rows, receivers = src[ok], dst.to(ok.device)[ok].to(x.device)
+        payload = payload.to(x.dtype)
         if not self.vectorized:
             out = x.clone()
             for i in range(len(x)):

@@ -139,3 +139,53 @@ def test_async_mode_refuses_directed_graphs(make_fed, mlp, trainer):
     fed = make_fed(5, schedule=topologies.PushSum(topologies.directed_ring(5)))
     with pytest.raises(ValueError, match="undirected"):
         AsyncGossip(trainer(mlp)).init(fed)
+
+
+# -- delays in synchronous rounds ------------------------------------------------------------------------
+
+def test_push_sum_with_delays_and_losses_converges_to_the_true_average(make_fed, mlp, trainer):
+    """Directed ring, every message 2 rounds in flight, 20 % lost: push-sum keeps the mass (nodes + in flight)
+    and every node's estimate x / w reaches the initial average."""
+    sched = topologies.PushSum(topologies.directed_ring(6))
+    fed = make_fed(6, schedule=sched)
+    alg = Gossip(trainer(mlp, steps=0), same_init=False, delay=2)
+    x0 = alg.init(fed).x.double()
+    A = torch.as_tensor(sched.at(0).toarray())
+    off = A - torch.diag(torch.diag(A))
+    state = alg.init(fed)
+    for t in range(0, 600, 100):
+        state = simulate(alg, fed, t + 100, state=state, start_round=t, taps=[LinkDrop(0.2, seed=1)],
+                         eval_every=0).state
+        # mass in flight: the delivered shares A_ij p_j of the payloads still travelling
+        s_e, r_e = alg._mixing(fed, 0).edges()
+        flying = 0
+        for slot in range(2):
+            ok = state.flight_delivered[slot]
+            flying = flying + (off[r_e, s_e][ok, None] * state.flight_payload[slot].double()[s_e[ok]]).sum(0)
+        total = torch.cat([state.x.double(), state.w.double()[:, None]], 1).sum(0) + flying
+        torch.testing.assert_close(total[:-1], x0.sum(0), atol=1e-4, rtol=0)      # float32 values, 600 rounds
+        assert abs(float(total[-1]) - 6) < 1e-4
+    torch.testing.assert_close(state.models.double(), x0.mean(0).expand(6, -1), atol=1e-4, rtol=0)
+
+
+def test_plain_gossip_with_a_delay_equals_a_dense_reference(make_fed, mlp, trainer):
+    """Undirected, delay 1: x(t+1) = W~_own x(t) + sum_j W_ij p_j(t-1) over the messages that arrive now."""
+    W = topologies.uniform_neighbour(topologies.star(5))                   # not symmetric
+    fed = make_fed(5, schedule=topologies.Static(W))
+    tr = trainer(mlp)
+    alg = Gossip(tr, same_init=False, delay=1)
+    D = torch.as_tensor(W.toarray())
+    diag, off = torch.diag(D), D - torch.diag(torch.diag(D))
+    x = alg.init(fed).x.double()
+    previous = None
+    for t in range(4):
+        sent = tr.train_loop(x.float(), torch.arange(5), t, fed.data, fed.streams).params.double()
+        if previous is None:
+            x = sent                                                         # nothing arrives in round 0
+        else:
+            x = diag[:, None] * sent + off @ previous
+        previous = sent
+    got = simulate(alg, fed, 4, eval_every=0).state.x.double()
+    torch.testing.assert_close(got, x, atol=ATOL, rtol=0)
+    slow = simulate(dataclasses.replace(alg, vectorized=False), fed, 4, eval_every=0).state.x.double()
+    torch.testing.assert_close(slow, x, atol=ATOL, rtol=0)
