@@ -47,8 +47,8 @@ def reference(alg: AsyncGossip, fed, ticks: int, loss: LinkDrop | None = None):
     next_train, offline_until = [0] * n, [0] * n
     inbox = [[] for _ in range(n)]
     flight = []
-    W = fed.schedule.at(0).toarray()
     for t in range(ticks):
+        W = fed.schedule.at(t).toarray()
         for i in range(n):
             if alg.churn and offline_until[i] <= t:
                 u = float(fed.streams.uniform("churn", torch.tensor([i]), t, dtype=torch.float64)[0])
@@ -108,6 +108,15 @@ def test_batched_ticks_equal_the_per_node_event_loop(regular_fed, mlp, trainer, 
     torch.testing.assert_close(res.state.x, want, atol=ATOL, rtol=0)
     slow = simulate(dataclasses.replace(alg, vectorized=False), regular_fed, 12, taps=[loss], eval_every=0)
     torch.testing.assert_close(slow.state.x, want, atol=ATOL, rtol=0)
+
+
+def test_time_varying_graph_sends_along_each_ticks_edges(make_fed, mlp, trainer):
+    """Link failures every tick: a node sends to, and waits for, its neighbours in that tick's graph."""
+    fed = make_fed(8, schedule=topologies.LinkFailures(topologies.random_regular(8, 4, seed=1), q=0.3, seed=2))
+    alg = AsyncGossip(trainer(mlp, steps=1), averaging=Averaging("beta", beta=0.5), interval=(1, 2), same_init=False)
+    res = simulate(alg, fed, 10, eval_every=0)
+    torch.testing.assert_close(res.state.x, reference(alg, fed, 10), atol=ATOL, rtol=0)
+    assert sum(r["averaged"] for r in res.history) > 8
 
 
 def test_resume_mid_flight_is_bit_for_bit(regular_fed, mlp, trainer):
