@@ -23,7 +23,8 @@ from fedsim.config import (
 )
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "experiments" / "configs"
-CONFIG_FILES = sorted(CONFIG_DIR.glob("*.toml"))
+# `fedsim run` configs; study configs (experiments/*.py) hold a [run] table of settings shared by their points
+CONFIG_FILES = sorted(p for p in CONFIG_DIR.glob("*.toml") if "run" not in tomllib.loads(p.read_text()))
 
 
 def nested(dotted: str, value) -> dict:
