@@ -280,11 +280,14 @@ def cmd_fedpca(args) -> int:
     if args.k > d:
         raise ConfigError(f"-k {args.k} is larger than d = {d}, the number of --features {args.features} columns "
                           f"(k > d); use -k 1..{d}")
-    kwargs = {"clean": {"eta": args.eta, "rho": args.rho, "local_steps": args.local_steps,
-                        "client_fraction": args.fraction},
+    # --eta / --rho / --local-steps unset: clean and decentralized FedPG use their defaults (issue 10: the
+    # linearized solver and gradient tracking, data-derived); any of them set: the Riemannian / ADMM schedule
+    given = {key: v for key, v in (("eta", args.eta), ("rho", args.rho), ("local_steps", args.local_steps))
+             if v is not None}
+    kwargs = {"clean": {**given, "client_fraction": args.fraction},
               "paper": {"eta": args.paper_eta, "rho": args.paper_rho, "local_steps": args.paper_local_steps,
                         "client_fraction": args.paper_fraction},
-              "decentralized": {"eta": args.eta, "rho": args.rho, "local_steps": args.local_steps}}
+              "decentralized": dict(given)}
     schedule = None
     if "fedpg-decentralized" in methods:
         import inspect
@@ -419,8 +422,9 @@ def _check_fedpca_args(args) -> None:
               ("-k", args.k, args.k >= 1, ">= 1"), ("--threads", args.threads, args.threads >= 1, ">= 1"),
               *((flag, value, 0 < value < math.inf, "> 0 and finite") for flag, value in
                 (("--eta", args.eta), ("--rho", args.rho), ("--paper-eta", args.paper_eta),
-                 ("--paper-rho", args.paper_rho))),
-              ("--local-steps", args.local_steps, args.local_steps >= 0, ">= 0"),
+                 ("--paper-rho", args.paper_rho)) if value is not None),
+              *((("--local-steps", args.local_steps, args.local_steps >= 0, ">= 0"),)
+                if args.local_steps is not None else ()),
               ("--paper-local-steps", args.paper_local_steps, args.paper_local_steps >= 0, ">= 0"),
               ("--fraction", args.fraction, 0 < args.fraction <= 1, "in (0, 1]"),
               ("--paper-fraction", args.paper_fraction, 0 < args.paper_fraction <= 1, "in (0, 1]"),
@@ -522,9 +526,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tau", type=float, default=0.00025, help="paper-minmax threshold")
     p.add_argument("--quantile", type=float, default=0.5, help="paper-quantile q")
     p.add_argument("--alpha", type=float, default=0.01, help="false-alarm level of the honest protocols")
-    p.add_argument("--eta", type=float, default=0.05, help="clean/decentralized FedPG step size")
-    p.add_argument("--rho", type=float, default=1.0, help="clean/decentralized FedPG ADMM penalty")
-    p.add_argument("--local-steps", type=int, default=30, help="clean/decentralized FedPG local steps")
+    p.add_argument("--eta", type=float, default=None,
+                   help="clean/decentralized FedPG step size (default: unset, the data-derived default solvers; "
+                        "set: the Riemannian/ADMM local-step schedule, e.g. the previous --eta 0.05 --rho 1 "
+                        "--local-steps 30)")
+    p.add_argument("--rho", type=float, default=None, help="clean/decentralized FedPG ADMM penalty (default: unset)")
+    p.add_argument("--local-steps", type=int, default=None,
+                   help="clean/decentralized FedPG local steps (default: unset)")
     p.add_argument("--fraction", type=float, default=1.0, help="clean FedPG client fraction per round")
     p.add_argument("--paper-eta", type=float, default=1e-4, help="paper variants' step size (the paper's)")
     p.add_argument("--paper-rho", type=float, default=0.01, help="paper variants' ADMM penalty (the paper's)")

@@ -131,39 +131,134 @@ class _FixedStep:
         return self.eta * manifold.norm(x, d), manifold.retraction(x, self.eta * d)
 
 
-def fedpg_with_pymanopt(clients: PCAClients, k: int, rounds: int, *, eta: float, rho: float, local_steps: int,
-                        client_fraction: float, seed: int = 0, projection: str = "stiefel") -> np.ndarray:
-    """Clean FedPG's schedule with every local solve done per client by :class:`PymanoptLocalSolver`.
+def fedpg_with_pymanopt(clients: PCAClients, k: int, rounds: int, *, eta: float | None = None,
+                        rho: float | None = None, local_steps: int | None = None, client_fraction: float = 1.0,
+                        seed: int = 0, projection: str = "stiefel", solver: str = "") -> np.ndarray:
+    """Clean FedPG's schedule with every local solve done per client with pymanopt, in NumPy: the reference (and
+    speed baseline) for the batched engine. Returns the final Z.
 
-    The same sampling stream, initial point, dual and server steps as ``FedPG(variant="clean",
-    retraction="qr")``, one client at a time in NumPy: the reference (and speed baseline) for the batched
-    engine. Returns the final Z.
+    ``solver`` as in :class:`~fedsim.fedpca.fedpg.FedPG` ("" = "linearized" unless ``eta`` or ``local_steps`` is
+    given). "riemannian": the same sampling stream, initial point, dual and server steps as
+    ``FedPG(variant="clean", retraction="qr")``, the local steps by :class:`PymanoptLocalSolver`. "linearized":
+    :func:`linearized_fedpg_with_pymanopt`.
     """
     from fedsim.fedpca.fedpg import FedPG, sample_clients
+    from fedsim.rng import Streams
+
+    alg = FedPG(k, eta=eta, rho=rho, local_steps=local_steps, client_fraction=client_fraction, retraction="qr",
+                projection=projection, solver=solver)
+    if alg.solver_name == "linearized":
+        return linearized_fedpg_with_pymanopt(clients, k, rounds, client_fraction=client_fraction, seed=seed, rho=rho)
+    eta, rho, local_steps = alg.eta_value, alg.rho_value, alg.local_steps_value
+    streams = Streams(seed)
+    C, n = clients.C.cpu().numpy(), clients.n.cpu().numpy()
+    N, d = C.shape[0], C.shape[1]
+    check_k(k, d)
+    u = streams.uniform("init", torch.zeros(1, dtype=torch.int64), None, (d, k), dtype=torch.float64)[0]
+    Z = alg_init_z(u)
+    U = np.repeat(Z[None], N, axis=0)
+    Y = np.zeros_like(U)
+    seen = np.zeros(N, dtype=bool)
+    solver_ = PymanoptLocalSolver(d, k, eta, local_steps, projection=projection)
+    for t in range(rounds):
+        S = sample_clients(streams, t, N, alg.client_fraction).numpy()
+        for i in S:
+            if seen[i]:
+                Y[i] = Y[i] + rho * (U[i] - Z)
+            U[i] = solver_.solve(C[i], n[i], Y[i], Z, rho, U[i]) if local_steps else U[i]
+            seen[i] = True
+        w = n[S] / n[S].sum()
+        M = np.einsum("i,ijk->jk", w, U[S] + Y[S] / rho)
+        a, _, b = np.linalg.svd(M, full_matrices=False)
+        Z = a @ b
+    return Z
+
+
+class PymanoptLinearizedSolver:
+    """The linearized local solve of clean FedPG for one client, with pymanopt.
+
+    min_U <g + Y, U - Z> + rho / 2 ||U - Z||^2 on pymanopt's ``Euclidean(d, k)`` (g = -2 C Z / n, the gradient of
+    the client's weighted objective at Z), by pymanopt's ``TrustRegions`` with the exact Hessian (rho I), run to a
+    gradient norm of 1e-13 relative: the closed form U = Z - (g + Y) / rho, found by a generic solver.
+    """
+
+    def __init__(self, d: int, k: int):
+        import pymanopt
+        from pymanopt.manifolds import Euclidean
+
+        self.pymanopt, self.manifold = pymanopt, Euclidean(d, k)
+
+    def solve(self, g: np.ndarray, Y: np.ndarray, Z: np.ndarray, rho: float) -> np.ndarray:
+        pymanopt, manifold = self.pymanopt, self.manifold
+        b = g + Y
+
+        @pymanopt.function.numpy(manifold)
+        def cost(U):
+            return float(np.sum(b * (U - Z)) + 0.5 * rho * np.sum((U - Z) ** 2))
+
+        @pymanopt.function.numpy(manifold)
+        def gradient(U):
+            return b + rho * (U - Z)
+
+        @pymanopt.function.numpy(manifold)
+        def hessian(U, V):
+            return rho * V
+
+        problem = pymanopt.Problem(manifold, cost, euclidean_gradient=gradient, euclidean_hessian=hessian)
+        scale = max(float(np.linalg.norm(b)), 1e-300)
+        optimizer = pymanopt.optimizers.TrustRegions(min_gradient_norm=1e-13 * scale, max_iterations=50,
+                                                     verbosity=0)
+        return optimizer.run(problem, initial_point=Z.copy()).point
+
+
+def linearized_fedpg_with_pymanopt(clients: PCAClients, k: int, rounds: int, *, client_fraction: float = 1.0,
+                                   seed: int = 0, rho: float | None = None, momentum: bool = True) -> np.ndarray:
+    """Clean FedPG's linearized schedule, one client at a time: local solves by :class:`PymanoptLinearizedSolver`,
+    the dual updates, and the server's step written again in NumPy (shift removal, stale aggregation, Ritz
+    estimate of lambda_{k+1} on span(Z_{t-1}, Z_t), heavy ball on [0, lambda_{k+1}], polar factor). The same
+    sampling stream and initial point as ``FedPG(k, client_fraction=...)``; returns the final Z."""
+    from fedsim.fedpca.fedpg import sample_clients
     from fedsim.rng import Streams
 
     streams = Streams(seed)
     C, n = clients.C.cpu().numpy(), clients.n.cpu().numpy()
     N, d = C.shape[0], C.shape[1]
     check_k(k, d)
-    alg = FedPG(k, eta=eta, rho=rho, local_steps=local_steps, client_fraction=client_fraction, retraction="qr",
-                projection=projection)
+    total = n.sum()
     u = streams.uniform("init", torch.zeros(1, dtype=torch.int64), None, (d, k), dtype=torch.float64)[0]
     Z = alg_init_z(u)
-    U = np.repeat(Z[None], N, axis=0)
-    Y = np.zeros_like(U)
-    seen = np.zeros(N, dtype=bool)
-    solver = PymanoptLocalSolver(d, k, eta, local_steps, projection=projection)
+    if rho is None:
+        pen = np.array([2.0 * np.linalg.eigvalsh(C[i])[-1] / total for i in range(N)])
+    else:
+        pen = rho * n / total
+    U, Y = np.repeat(Z[None], N, axis=0), np.zeros((N, d, k))
+    seen, has = np.zeros(N, dtype=bool), np.zeros(N, dtype=bool)
+    H = np.zeros((N, d, k))
+    Z_scaled, Z_prev, G_prev, lam, prev_fresh = np.zeros((d, k)), Z.copy(), np.zeros((d, k)), 0.0, False
+    solver = PymanoptLinearizedSolver(d, k)
     for t in range(rounds):
-        S = sample_clients(streams, t, N, alg.client_fraction).numpy()
+        S = sample_clients(streams, t, N, client_fraction).numpy()
         for i in S:
             if seen[i]:
-                Y[i] = Y[i] + rho * (U[i] - Z)
-            U[i] = solver.solve(C[i], n[i], Y[i], Z, rho, U[i]) if local_steps else U[i]
+                Y[i] = Y[i] + pen[i] * (U[i] - Z)
+            U[i] = solver.solve(-2.0 * C[i] @ Z / total, Y[i], Z, pen[i])
             seen[i] = True
-        w = n[S] / n[S].sum()
-        M = np.einsum("i,ijk->jk", w, U[S] + Y[S] / rho)
-        a, _, b = np.linalg.svd(M, full_matrices=False)
+            H[i] = 0.5 * (pen[i] * U[i] + Y[i] - pen[i] * Z)      # what the server derives from the upload
+            has[i] = True
+        G = H[has].sum(0)
+        fresh = len(S) == N
+        if fresh and prev_fresh:                                    # Ritz values on span(Z_prev, Z)
+            X, SX = np.hstack([Z_prev, Z]), np.hstack([G_prev, G])
+            q, s, vt = np.linalg.svd(X, full_matrices=False)
+            keep = s > 1e-6 * s[0]
+            mu = np.linalg.eigvalsh(q[:, keep].T @ SX @ (vt[keep].T / s[keep]))[::-1]
+            if len(mu) > k:
+                lam = max(float(mu[k]), 0.0)
+        c, beta = (lam / 2, lam * lam / 16) if (momentum and fresh and lam > 0) else (0.0, 0.0)
+        W = G - c * Z - beta * Z_scaled
+        a, s, b = np.linalg.svd(W, full_matrices=False)
+        Z_prev, G_prev, prev_fresh = Z, G, fresh
+        Z_scaled = Z @ (b.T @ (b / s[:, None]))
         Z = a @ b
     return Z
 

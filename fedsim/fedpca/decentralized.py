@@ -12,6 +12,13 @@ Y_i (the sum of its edge duals). A round:
 sum_i Y_i stays 0 on an undirected graph, so at a consensus fixed point span(U) is an invariant subspace of
 the pooled matrix (the top-k one in practice). A message lost by a tap counts as agreement for that round
 (the receiver uses its own U_i in place of U_j): documented, approximate.
+
+That ADMM is the ``solver="admm"`` path (the behaviour before issue 10, with its defaults eta 0.01, rho 1,
+10 local steps). The default, ``solver="tracking"``, is the gossip-based method of ``power.DecentralizedPower``
+(gradient tracking of the local products + accelerated power steps + Chebyshev-accelerated gossip): a
+stable decentralized ADMM needs a penalty of the order of the local Lipschitz constants, which makes its
+iteration a power iteration with a large shift (slow: see docs/fedpca.md, "Convergence"), while the tracking
+method converges at the accelerated power method's rate times the gossip steps per power step.
 """
 
 from __future__ import annotations
@@ -39,21 +46,75 @@ class DecentralizedState:
     degree: torch.Tensor
 
 
+ADMM_DEFAULTS = {"eta": 0.01, "rho": 1.0, "local_steps": 10}
+SOLVERS = ("tracking", "admm")
+
+
 @dataclass(frozen=True)
 class DecentralizedFedPG:
-    """Consensus ADMM for federated PCA over ``fed.schedule`` (any undirected topology)."""
+    """Decentralized federated PCA over ``fed.schedule`` (any undirected topology).
+
+    ``solver``: "tracking" (the default when none of ``eta``, ``rho``, ``local_steps`` is given:
+    ``power.DecentralizedPower`` with ``momentum``, ``gossip_steps``, ``mix_tol``, ``oversample``) or "admm"
+    (decentralized consensus ADMM with Riemannian local steps; ``eta``, ``rho``, ``local_steps`` default to
+    0.01, 1.0, 10).
+    """
 
     k: int
-    eta: float = 0.01
-    rho: float = 1.0
-    local_steps: int = 10
+    eta: float | None = None
+    rho: float | None = None
+    local_steps: int | None = None
+    solver: str = ""
+    momentum: str = "auto"
+    gossip_steps: int | None = None
+    mix_tol: float = 0.005
+    oversample: int | None = None
     _cache: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self):
+        if self.solver not in ("", *SOLVERS):
+            raise ValueError(f"unknown solver {self.solver!r}; known: {', '.join(SOLVERS)}")
+        if ((self.eta is not None and self.eta <= 0) or (self.rho is not None and self.rho <= 0)
+                or (self.local_steps is not None and self.local_steps < 0)):
+            raise ValueError(f"need eta > 0, rho > 0, local_steps >= 0; got {self.eta}, {self.rho}, {self.local_steps}")
+
+    @property
+    def solver_name(self) -> str:
+        if self.solver:
+            return self.solver
+        return "tracking" if self.eta is None and self.rho is None and self.local_steps is None else "admm"
+
+    @property
+    def eta_value(self) -> float:
+        return ADMM_DEFAULTS["eta"] if self.eta is None else self.eta
+
+    @property
+    def rho_value(self) -> float:
+        return ADMM_DEFAULTS["rho"] if self.rho is None else self.rho
+
+    @property
+    def local_steps_value(self) -> int:
+        return ADMM_DEFAULTS["local_steps"] if self.local_steps is None else self.local_steps
+
+    @property
+    def tracking(self):
+        """The ``power.DecentralizedPower`` this algorithm runs with the tracking solver (one per instance)."""
+        hit = self._cache.get("tracking")
+        if hit is None:
+            from fedsim.fedpca.power import DecentralizedPower
+
+            hit = self._cache["tracking"] = DecentralizedPower(self.k, momentum=self.momentum,
+                                                               gossip_steps=self.gossip_steps, mix_tol=self.mix_tol,
+                                                               oversample=self.oversample)
+        return hit
 
     @property
     def name(self) -> str:
         return "FedPG-decentralized"
 
-    def init(self, fed: PCAFederation) -> DecentralizedState:
+    def init(self, fed: PCAFederation):
+        if self.solver_name == "tracking":
+            return self.tracking.init(fed)
         if fed.schedule is None:
             raise ValueError("decentralized FedPG needs a topology (PCAFederation.schedule)")
         if getattr(fed.schedule, "directed", False):
@@ -87,7 +148,9 @@ class DecentralizedFedPG:
         degree = torch.zeros(n, dtype=U.dtype, device=U.device).index_add_(0, receivers, torch.ones_like(senders, dtype=U.dtype))
         return total, degree
 
-    def round(self, state: DecentralizedState, t: int, fed: PCAFederation, send: Callable[[Messages], Messages]):
+    def round(self, state, t: int, fed: PCAFederation, send: Callable[[Messages], Messages]):
+        if not isinstance(state, DecentralizedState):
+            return self.tracking.round(state, t, fed, send)
         clients = fed.clients
         n, d, _ = state.U.shape
         W = self._graph(fed, t)
@@ -95,20 +158,24 @@ class DecentralizedFedPG:
         total, degree = state.received, state.degree  # the neighbours' U of the last round
         scale = n / clients.n.sum()
         eye = torch.eye(d, dtype=state.U.dtype, device=state.U.device)
-        A = -2.0 * scale * clients.C + 2 * self.rho * degree[:, None, None] * eye
-        B = state.Y - self.rho * (degree[:, None, None] * state.U + total)
-        U = riemannian_steps(state.U, A, B, self.eta, self.local_steps, qr_retract, stiefel_project)
+        A = -2.0 * scale * clients.C + 2 * self.rho_value * degree[:, None, None] * eye
+        B = state.Y - self.rho_value * (degree[:, None, None] * state.U + total)
+        U = riemannian_steps(state.U, A, B, self.eta_value, self.local_steps_value, qr_retract, stiefel_project)
         msgs = send(Messages.make(t, "gossip", torch.arange(n), U.reshape(n, -1), senders, receivers))
         received = msgs.payload[msgs.src.to(msgs.payload.device)].reshape(-1, d, self.k).to(U)  # after the taps
         total, degree = self._neighbour_sum(W, msgs.delivered.to(U.device), U, received)
-        Y = state.Y + self.rho * (degree[:, None, None] * U - total)
+        Y = state.Y + self.rho_value * (degree[:, None, None] * U - total)
         return DecentralizedState(U, Y, total, degree), {"participants": n}
 
-    def subspace(self, state: DecentralizedState) -> torch.Tensor:
-        """The polar factor of the network-average iterate."""
+    def subspace(self, state) -> torch.Tensor:
+        """The polar factor of the network-average iterate (tracking: ``DecentralizedPower.subspace``)."""
+        if not isinstance(state, DecentralizedState):
+            return self.tracking.subspace(state)
         return orthonormalize(state.U.mean(0))
 
-    def evaluate(self, state: DecentralizedState, fed: PCAFederation) -> dict[str, float]:
+    def evaluate(self, state, fed: PCAFederation) -> dict[str, float]:
+        if not isinstance(state, DecentralizedState):
+            return self.tracking.evaluate(state, fed)
         Z = self.subspace(state)
         w = fed.clients.n / fed.clients.n.sum()
         out = {"objective": float((w * objective(fed.clients, Z)).sum()),

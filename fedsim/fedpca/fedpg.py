@@ -2,7 +2,31 @@
 
 min sum_i w_i f_i(U_i)  s.t.  U_i = Z,  U_i^T U_i = I,   f_i(U) = (tr C_i - tr U^T C_i U) / n_i.
 
-Clean variant, one round:
+Clean variant, default (``solver="linearized"``, issue 10): consensus ADMM on sum_i w_i f_i(U_i) with the
+consensus variable Z on the Stiefel manifold and the local objectives linearized at the Z a client receives.
+One round:
+
+1. the server sends Z to the sampled clients;
+2. client i applies its pending dual update Y_i <- Y_i + rho_i (U_i - Z) (if it took part before) and solves
+   its local problem exactly: U_i = argmin_U <grad(w_i f_i)(Z) + Y_i, U - Z> + rho_i / 2 ||U - Z||^2
+   = Z + (2 C_i Z / n - Y_i) / rho_i (n = sum_j n_j; rho_i = 2 lambda_max(C_i) / n, the Lipschitz constant of
+   grad(w_i f_i): a 1/L gradient step, computed by the client from its own C_i);
+3. it uploads its term of the ADMM Z-step, rho_i U_i + Y_i, and rho_i;
+4. the server's ADMM Z-step would be polar(sum_i (rho_i U_i + Y_i)). Substituting step 2,
+   rho_i U_i + Y_i = (rho_i I + 2 C_i / n) Z: the duals cancel, and that Z-step is block power iteration on
+   (sum_i rho_i) I + 2 S (S = sum_i C_i / n), a power method shifted by the penalties, whose angle contracts by
+   (rho/2 + lambda_{k+1}) / (rho/2 + lambda_k) per round: the larger the penalty, the slower. The server knows
+   the shift it sent (rho_i Z), removes it, keeps the last contribution C_i Z / n of every client (stale for the
+   clients not sampled, as asynchronous ADMM keeps the last (x_i, y_i) of an inactive worker) and takes the
+   accelerated power step of ``power.power_z_step`` on their sum: a heavy ball on [0, lambda_{k+1}] with
+   lambda_{k+1} estimated from the Ritz values of the last two iterates, when every contribution is fresh; the
+   plain power step otherwise. With full participation the Z-sequence is exactly that of
+   ``power.FederatedPower`` (tested to 1e-10). Why it converges and why no other local solve does better:
+   docs/fedpca.md, "Convergence". ``tol`` > 0: stop once the Davis-Kahan estimate of the angle (from the
+   residual ||(I - Z Z^T) S Z||) is below it.
+
+Riemannian schedule (``solver="riemannian"``: the paper variant, and the clean default before issue 10, chosen
+automatically when ``eta`` or ``local_steps`` is given), one clean round:
 
 1. the server sends Z to the sampled clients;
 2. a client that took part before applies its pending dual update with the Z it receives,
@@ -46,6 +70,7 @@ Z0^T Z0 in the paper variant, 0 in the clean one). Z is orthonormalized (polar) 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable
 
@@ -184,33 +209,103 @@ def sample_clients(streams: Streams, round: int, n: int, fraction: float) -> tor
     return torch.randperm(n, generator=streams.generator("sample", round=round))[:k].sort().values
 
 
+SOLVERS = ("linearized", "riemannian")
+PAPER_DEFAULTS = {"eta": 1e-4, "rho": 0.01, "local_steps": 30}   # the paper's (and the pre-issue-10 defaults)
+
+
+@dataclass(frozen=True)
+class LinearizedState:
+    """Clean FedPG with the linearized local solve (the default).
+
+    Server: ``Z`` [d, k] (orthonormal), heavy-ball memory ``Z_scaled``, the previous iterate and its aggregate
+    (``Z_prev``, ``G_prev``), the estimate ``lam_next`` [] of lambda_{k+1}, every client's last un-shifted
+    contribution ``H`` [N, d, k] (= C_i Z / n for the Z it was computed from) and whether it has one (``has``),
+    whether the last aggregate was fresh (``prev_fresh``) and ``stopped``. Clients: ``U``, ``Y`` [N, d, k],
+    penalties ``rho`` [N], ``seen`` [N]."""
+
+    Z: torch.Tensor
+    Z_scaled: torch.Tensor
+    Z_prev: torch.Tensor
+    G_prev: torch.Tensor
+    lam_next: torch.Tensor
+    H: torch.Tensor
+    has: torch.Tensor
+    prev_fresh: torch.Tensor
+    stopped: torch.Tensor
+    U: torch.Tensor
+    Y: torch.Tensor
+    rho: torch.Tensor
+    seen: torch.Tensor
+
+
 @dataclass(frozen=True)
 class FedPG:
     """Federated PCA by ADMM: Grassmann (FedPG, default) or Euclidean penalty (FedPE, ``method="euclidean"``).
 
-    ``k``: subspace dimension; ``eta``, ``rho``, ``local_steps``, ``client_fraction``: defaults are the paper's.
+    ``k``: subspace dimension. ``solver``: "linearized" (the clean default: exact minimizer of the linearized
+    augmented Lagrangian, data-derived penalties, accelerated server step; see the module docstring) or
+    "riemannian" (``local_steps`` Riemannian steps of size ``eta`` with penalty ``rho``: the paper's schedule, and
+    the clean schedule before issue 10). "" picks "linearized" for clean FedPG unless ``eta`` or ``local_steps``
+    is given, else "riemannian". ``eta``, ``rho``, ``local_steps``: None = the paper's 1e-4, 0.01, 30 (riemannian);
+    with the linearized solver ``rho`` (None: rho_i = 2 lambda_max(C_i) / n, the local Lipschitz constant) only
+    sets the size of U_i, never the Z-sequence. ``momentum`` ("auto" | "none"), ``lambda_next``, ``tol``: the
+    server step and stopping rule of the linearized solver (as ``power.FederatedPower``).
     """
 
     k: int
-    eta: float = 1e-4
-    rho: float = 0.01
-    local_steps: int = 30
+    eta: float | None = None
+    rho: float | None = None
+    local_steps: int | None = None
     client_fraction: float = 0.1
     variant: str = "clean"
     method: str = "grassmann"
     retraction: str = ""   # "" = the variant's default: cholesky (clean), householder (paper)
     projection: str = ""   # "" = the variant's default: stiefel (clean), grassmann (paper)
+    solver: str = ""       # "" = linearized for clean FedPG without eta / local_steps, else riemannian
+    momentum: str = "auto"
+    lambda_next: float | None = None
+    tol: float = 0.0
 
     def __post_init__(self):
         for name, value, known in (("variant", self.variant, VARIANTS), ("method", self.method, METHODS),
                                    ("retraction", self.retraction, ("", *RETRACTIONS)),
-                                   ("projection", self.projection, ("", *PROJECTIONS))):
+                                   ("projection", self.projection, ("", *PROJECTIONS)),
+                                   ("solver", self.solver, ("", *SOLVERS)),
+                                   ("momentum", self.momentum, ("auto", "none"))):
             if value not in known:
                 raise ValueError(f"unknown {name} {value!r}; known: {', '.join(k for k in known if k)}")
         if not 0 < self.client_fraction <= 1:
             raise ValueError(f"client_fraction must be in (0, 1], got {self.client_fraction}")
-        if self.eta <= 0 or self.rho <= 0 or self.local_steps < 0:
+        if ((self.eta is not None and self.eta <= 0) or (self.rho is not None and self.rho <= 0)
+                or (self.local_steps is not None and self.local_steps < 0)):
             raise ValueError(f"need eta > 0, rho > 0, local_steps >= 0; got {self.eta}, {self.rho}, {self.local_steps}")
+        if self.solver == "linearized" and (self.variant != "clean" or self.method != "grassmann"):
+            raise ValueError("solver 'linearized' is for clean FedPG (variant='clean', method='grassmann') only")
+        if self.tol < 0 or (self.lambda_next is not None and self.lambda_next < 0):
+            raise ValueError(f"need tol >= 0 and lambda_next >= 0; got {self.tol}, {self.lambda_next}")
+
+    @property
+    def solver_name(self) -> str:
+        if self.solver:
+            return self.solver
+        if (self.variant == "clean" and self.method == "grassmann" and self.eta is None
+                and self.local_steps is None):
+            return "linearized"
+        return "riemannian"
+
+    @property
+    def eta_value(self) -> float:
+        """eta of the Riemannian (or FedPE Euclidean) local steps."""
+        return PAPER_DEFAULTS["eta"] if self.eta is None else self.eta
+
+    @property
+    def rho_value(self) -> float:
+        """rho of the Riemannian schedule (the linearized solver's penalties: ``client_penalties``)."""
+        return PAPER_DEFAULTS["rho"] if self.rho is None else self.rho
+
+    @property
+    def local_steps_value(self) -> int:
+        return PAPER_DEFAULTS["local_steps"] if self.local_steps is None else self.local_steps
 
     @property
     def name(self) -> str:
@@ -224,7 +319,9 @@ class FedPG:
     def retraction_name(self) -> str:
         return self.retraction or ("householder" if self.variant == "paper" else "cholesky")
 
-    def init(self, fed: PCAFederation) -> FedPGState:
+    def init(self, fed: PCAFederation) -> FedPGState | LinearizedState:
+        if self.solver_name == "linearized":
+            return self._init_linearized(fed)
         clients = fed.clients
         d, n, k = clients.d, clients.n_clients, self.k
         check_k(k, d)
@@ -245,6 +342,8 @@ class FedPG:
 
     # -- one round -------------------------------------------------------------------------------------
     def round(self, state: FedPGState, t: int, fed: PCAFederation, send: Callable[[Messages], Messages]):
+        if isinstance(state, LinearizedState):
+            return self._round_linearized(state, t, fed, send)
         n_clients = fed.clients.n_clients
         dev = state.Z.device
         S = sample_clients(fed.streams, t, n_clients, self.client_fraction).to(dev)
@@ -281,9 +380,9 @@ class FedPG:
         Y, T, Z_local = state.Y.clone(), state.T.clone(), state.Z_local.clone()
         mask = torch.ones_like(got, dtype=torch.bool) if self.variant == "paper" else state.seen[got]
         update = got[mask]
-        Y[update] += self.rho * (state.U[update] - Z_got[mask])
+        Y[update] += self.rho_value * (state.U[update] - Z_got[mask])
         if self.method == "euclidean":
-            T[update] += self.rho * penalty(state.U[update])
+            T[update] += self.rho_value * penalty(state.U[update])
         Z_local[got] = Z_got
         received = torch.zeros_like(state.seen)
         received[got] = True
@@ -296,15 +395,15 @@ class FedPG:
         project = PROJECTIONS[self.projection_name]
         if self.variant == "clean" and self.method == "grassmann":
             eye = torch.eye(clients.d, dtype=C.dtype, device=C.device)
-            return riemannian_steps(U, -2.0 * C / n[:, None, None] + self.rho * eye, Y - self.rho * Z,
-                                    self.eta, self.local_steps, retract, project)
+            return riemannian_steps(U, -2.0 * C / n[:, None, None] + self.rho_value * eye, Y - self.rho_value * Z,
+                                    self.eta_value, self.local_steps_value, retract, project)
         euclidean = self.method == "euclidean"
-        for _ in range(self.local_steps):
+        for _ in range(self.local_steps_value):
             if self.variant == "paper":
-                G = paper_gradient(U, C, n, Y, Z, T, self.rho, euclidean)
+                G = paper_gradient(U, C, n, Y, Z, T, self.rho_value, euclidean)
             else:
-                G = -2.0 * C @ U / n[:, None, None] + Y + self.rho * (U - Z) + clean_penalty_gradient(U, T, self.rho)
-            U = U - self.eta * G if euclidean else retract(U - self.eta * project(U, G))
+                G = -2.0 * C @ U / n[:, None, None] + Y + self.rho_value * (U - Z) + clean_penalty_gradient(U, T, self.rho_value)
+            U = U - self.eta_value * G if euclidean else retract(U - self.eta_value * project(U, G))
         return U
 
     def _upload(self, U: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
@@ -323,20 +422,101 @@ class FedPG:
         if self.variant == "paper":
             return (w * U).sum(0)
         Y = payload[:, d * k:].reshape(-1, d, k)
-        return orthonormalize((w * (U + Y / self.rho)).sum(0))
+        return orthonormalize((w * (U + Y / self.rho_value)).sum(0))
+
+    # -- the linearized solver (clean default) ---------------------------------------------------------
+    def client_penalties(self, clients: PCAClients) -> torch.Tensor:
+        """rho_i [N]: 2 lambda_max(C_i) / n (n = sum_j n_j), the Lipschitz constant of the gradient of client i's
+        weighted objective w_i f_i, computed by each client from its own statistics; ``rho`` given: rho n_i / n
+        (the Riemannian schedule's penalty on the unweighted f_i). Never 0 (a client without signal gets 1e-12
+        times the largest)."""
+        total = clients.n.sum()
+        if self.rho is not None:
+            return self.rho * clients.n / total
+        rho = 2.0 * torch.linalg.eigvalsh(clients.C)[:, -1].clamp(min=0) / total
+        return rho.clamp(min=1e-12 * float(rho.max()) if float(rho.max()) > 0 else 1e-300)
+
+    def _init_linearized(self, fed: PCAFederation) -> LinearizedState:
+        from fedsim.fedpca.power import initial_subspace
+
+        clients = fed.clients
+        N, d, k = clients.n_clients, clients.d, self.k
+        check_k(k, d)
+        Z = initial_subspace(fed, k)
+        zero = torch.zeros_like(Z)
+        none = torch.zeros(N, dtype=torch.bool, device=Z.device)
+        flag = torch.zeros((), dtype=torch.bool, device=Z.device)
+        return LinearizedState(Z, zero, Z.clone(), zero.clone(), torch.zeros((), dtype=Z.dtype, device=Z.device),
+                               torch.zeros(N, d, k, dtype=Z.dtype, device=Z.device), none, flag, flag.clone(),
+                               Z.expand(N, d, k).clone(), torch.zeros(N, d, k, dtype=Z.dtype, device=Z.device),
+                               self.client_penalties(clients).to(Z), none.clone())
+
+    def _round_linearized(self, state: LinearizedState, t: int, fed: PCAFederation, send):
+        """One round of consensus ADMM with the linearized local solve and the accelerated server step.
+
+        Client i with the Z that reached it: Y_i <- Y_i + rho_i (U_i - Z) (if it took part before), then
+        U_i = argmin_U <grad(w_i f_i)(Z) + Y_i, U - Z> + rho_i / 2 ||U - Z||^2 = Z + (2 C_i Z / n - Y_i) / rho_i,
+        upload (rho_i U_i + Y_i, rho_i): its term of the ADMM Z-step. The server removes the shift,
+        (rho_i U_i + Y_i - rho_i Z) / 2 (= C_i Z / n: the duals cancel), keeps the last one of every client and takes
+        ``power.power_z_step`` on their sum.
+        """
+        from fedsim.fedpca.power import client_products, power_z_step
+
+        clients = fed.clients
+        N, d, k = clients.n_clients, clients.d, self.k
+        if bool(state.stopped):
+            return state, {"participants": 0}
+        dev = state.Z.device
+        S = sample_clients(fed.streams, t, N, self.client_fraction).to(dev)
+        down = send(Messages.make(t, "downlink", [SERVER], state.Z.reshape(1, -1), torch.zeros(len(S)), S))
+        _, got, Z_rows = down.arrived()       # each client uses the Z that reached it
+        got = got.to(dev)
+        Z_got = Z_rows.reshape(len(got), d, k).to(state.Z)
+        rho = state.rho[got][:, None, None]
+        seen = state.seen[got][:, None, None]
+        Y = state.Y[got] + torch.where(seen, rho * (state.U[got] - Z_got), torch.zeros_like(Z_got))
+        CZ = client_products(clients.C, got, Z_rows, down.payload.shape[0] == 1, d, k) / clients.n.sum()
+        U = Z_got + (2.0 * CZ - Y) / rho
+        payload = torch.cat([(rho * U + Y).reshape(len(got), d * k), rho.reshape(-1, 1)], dim=1)
+        up = send(Messages.make(t, "uplink", got, payload, torch.arange(len(got)), torch.full((len(got),), SERVER)))
+        senders, _, arrived = up.arrived()
+        senders = senders.to(dev)
+        new_U = state.U.index_copy(0, got, U)
+        new_Y = state.Y.index_copy(0, got, Y)
+        seen_all = state.seen.clone()
+        seen_all[got] = True
+        if len(senders) == 0:
+            return dataclasses.replace(state, U=new_U, Y=new_Y, seen=seen_all), {"participants": 0}
+        arrived = arrived.to(state.Z)
+        M = arrived[:, :d * k].reshape(-1, d, k)
+        H_new = 0.5 * (M - arrived[:, d * k:, None] * state.Z)    # the server removes the shift it knows
+        H = state.H.index_copy(0, senders, H_new)
+        has = state.has.clone()
+        has[senders] = True
+        G = H[has].sum(0)
+        fresh = len(senders) == N
+        Z, Z_scaled, lam, metrics = power_z_step(
+            state.Z, state.Z_scaled, state.Z_prev, state.G_prev, float(state.lam_next), G, k=k, fresh=fresh,
+            prev_fresh=bool(state.prev_fresh), accelerate=self.momentum == "auto", lambda_next=self.lambda_next)
+        stop = self.tol > 0 and metrics["angle_estimate"] < self.tol
+        new = LinearizedState(Z, Z_scaled, state.Z, G, torch.tensor(lam, dtype=Z.dtype, device=dev), H, has,
+                              torch.tensor(fresh, device=dev), torch.tensor(stop, device=dev), new_U, new_Y,
+                              state.rho, seen_all)
+        return new, {"participants": len(senders), **metrics}
 
     # -- evaluation ------------------------------------------------------------------------------------
-    def subspace(self, state: FedPGState) -> torch.Tensor:
+    def subspace(self, state: FedPGState | LinearizedState) -> torch.Tensor:
         """An orthonormal basis of span(Z) (Z itself in the clean Grassmann variant)."""
-        return orthonormalize(state.Z)
+        return state.Z if isinstance(state, LinearizedState) else orthonormalize(state.Z)
 
     def evaluate(self, state: FedPGState, fed: PCAFederation) -> dict[str, float]:
         """Objective sum_i w_i f_i at span(Z), orthonormality errors, angle to the reference subspace."""
         Z = self.subspace(state)
         w = fed.clients.n / fed.clients.n.sum()
         out = {"objective": float((w * objective(fed.clients, Z)).sum()),
-               "z_orthonormality_error": float(orthonormality_error(state.Z)),
-               "u_orthonormality_error": float(orthonormality_error(state.U).max())}
+               "z_orthonormality_error": float(orthonormality_error(state.Z))}
+        if not isinstance(state, LinearizedState):   # the linearized solver's U_i are not on the manifold
+            out["u_orthonormality_error"] = float(orthonormality_error(state.U).max())
         if fed.reference is not None:
             out["angle_to_reference"] = float(largest_principal_angle(Z, fed.reference))
         return out

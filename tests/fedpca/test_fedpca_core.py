@@ -175,8 +175,11 @@ def test_partial_participation_and_message_accounting(planted):
     res = simulate(FedPG(k, client_fraction=0.2), fed, 3, eval_every=0)
     d = clients.d
     assert [r["participants"] for r in res.history] == [2, 2, 2]
-    # downlink Z to 2 clients + uplink (U_i, Y_i) from 2 clients, float64
-    assert res.history[0]["bytes_sent"] == (2 * d * k + 2 * 2 * d * k) * 8
+    # downlink Z to 2 clients + uplink (rho_i U_i + Y_i, rho_i) from 2 clients, float64 (the linearized default)
+    assert res.history[0]["bytes_sent"] == (2 * d * k + 2 * (d * k + 1)) * 8
+    # the Riemannian schedule uploads (U_i, Y_i)
+    old = simulate(FedPG(k, client_fraction=0.2, solver="riemannian"), fed, 1, eval_every=0)
+    assert old.history[0]["bytes_sent"] == (2 * d * k + 2 * 2 * d * k) * 8
     dropped = simulate(FedPG(k, client_fraction=1.0), fed, 3, taps=[LinkDrop(1.0)], eval_every=0)
     assert torch.equal(dropped.state.Z, FedPG(k, client_fraction=1.0).init(fed).Z)  # nothing arrived: Z0 itself
 

@@ -316,6 +316,6 @@ def test_decentralized_needs_an_undirected_schedule(clients):
     with pytest.raises(ValueError, match="undirected"):
         DecentralizedFedPG(2).init(PCAFederation(clients, Streams(0), schedule=directed))
     W = topologies.metropolis_hastings(topologies.ring(5))
-    bare = DecentralizedFedPG(2).init(PCAFederation(clients, Streams(0), schedule=_BareSchedule(W)))
-    ref = DecentralizedFedPG(2).init(PCAFederation(clients, Streams(0), schedule=topologies.Static(W)))
+    bare = DecentralizedFedPG(2, solver="admm").init(PCAFederation(clients, Streams(0), schedule=_BareSchedule(W)))
+    ref = DecentralizedFedPG(2, solver="admm").init(PCAFederation(clients, Streams(0), schedule=topologies.Static(W)))
     torch.testing.assert_close(bare.received, ref.received, atol=0, rtol=0)
