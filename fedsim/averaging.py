@@ -27,11 +27,14 @@ stores no copies of the models.
 
 from __future__ import annotations
 
+import functools
+import math
 import warnings
 from dataclasses import dataclass
 
 import torch
 
+from fedsim import memory
 from fedsim.state import ParamSpec
 
 RULES = ("plain", "beta", "variance_corrected")
@@ -77,24 +80,93 @@ def corrected_slices(spec: ParamSpec, tensors: str) -> list[slice]:
     return out
 
 
+_CHUNK = 1 << 20
+"""Elements per row chunk of the population passes on CPU (4 MiB of float32): the passes over one chunk (mix,
+mean, deviations, norm, rescale) run while it is in cache, and each pass is one call over many rows."""
+
+
+_DEVICE_CHUNK = 1 << 26
+"""Elements per row chunk on an accelerator (256 MiB of float32): large enough to keep it busy, small enough for
+the scratch deviations of a large population."""
+
+
+def _rows_per_chunk(x: torch.Tensor) -> int:
+    """Rows of ``x`` [m, P] processed at once: a cache-sized chunk on CPU, a large one elsewhere."""
+    return max(1, (_CHUNK if x.device.type == "cpu" else _DEVICE_CHUNK) // max(1, x.shape[-1]))
+
+
+@functools.lru_cache(maxsize=None)
+def _blocks(k: int) -> int:
+    """Blocks of a long reduction: the largest divisor of ``k`` up to sqrt(k) (1 below 2^14 entries)."""
+    if k < 1 << 14:
+        return 1
+    return next(d for d in range(math.isqrt(k), 0, -1) if k % d == 0)
+
+
+def _root_sum_of_squares(rows: torch.Tensor) -> torch.Tensor:
+    """Root of the sum of squares over the last dim of ``rows`` [m, k]. A float32 norm over 400,000 entries drifts
+    by ~1e-5 (long runs in each vector lane); a norm of per-block norms stays near 1e-7 at the same speed."""
+    b = _blocks(rows.shape[-1])
+    if b > 1:
+        rows = torch.linalg.vector_norm(rows.unflatten(-1, (b, rows.shape[-1] // b)), dim=-1)
+    return torch.linalg.vector_norm(rows, dim=-1)
+
+
+def _squared_deviations(rows: torch.Tensor, slices: list[slice], scratch: torch.Tensor | None) -> tuple[
+        torch.Tensor, list[torch.Tensor]]:
+    """Per row of ``rows`` [m, P] and slice l: the sum of squared deviations from the slice's mean ([m, L]) and
+    the means ([m, 1] each). Without ``scratch`` the slices of ``rows`` are left holding the deviations (in place);
+    with it, ``rows`` is unchanged and the deviations go to ``scratch`` [>= m, >= largest slice]."""
+    squares = rows.new_empty(len(rows), len(slices))
+    means = []
+    for l, s in enumerate(slices):
+        part = rows[:, s]
+        mean = part.mean(-1, keepdim=True)
+        if scratch is None:
+            deviations = part.sub_(mean)
+        else:
+            deviations = torch.sub(part, mean, out=scratch[:len(part), :part.shape[1]])
+        squares[:, l] = _root_sum_of_squares(deviations)
+        means.append(mean)
+    return squares.square_(), means
+
+
+def _divisors(slices: list[slice], unbiased: bool, like: torch.Tensor) -> torch.Tensor:
+    """Entries (less one if unbiased) of every slice: what a sum of squared deviations is divided by."""
+    correction = 1 if unbiased else 0
+    return torch.tensor([s.stop - s.start - correction for s in slices], dtype=like.dtype, device=like.device)
+
+
 def tensor_variances(x: torch.Tensor, slices: list[slice], unbiased: bool = False) -> torch.Tensor:
-    """Variance over the entries of each tensor, per row: ``x`` [..., P] -> [..., len(slices)]."""
+    """Variance over the entries of each tensor, per row: ``x`` [..., P] -> [..., len(slices)].
+
+    Two passes per tensor (the mean, then the sum of squared deviations), a cache-sized chunk of rows at a time:
+    about as accurate as ``torch.var`` and far faster on CPU, where ``torch.var`` runs Welford's update per entry.
+    """
     if not slices:
         return x.new_zeros((*x.shape[:-1], 0))
-    correction = 1 if unbiased else 0
-    return torch.stack([torch.var(x[..., s], dim=-1, correction=correction) for s in slices], dim=-1)
+    rows = x.reshape(-1, x.shape[-1])
+    out = x.new_empty(len(rows), len(slices))
+    step = _rows_per_chunk(rows)
+    scratch = x.new_empty(min(step, len(rows)), max(s.stop - s.start for s in slices))
+    for lo in range(0, len(rows), step):
+        out[lo:lo + step] = _squared_deviations(rows[lo:lo + step], slices, scratch)[0]
+    return out.div_(_divisors(slices, unbiased, out)).reshape(*x.shape[:-1], len(slices))
 
 
 def _rescale(mix: torch.Tensor, target: torch.Tensor, slices: list[slice], avg: Averaging) -> torch.Tensor:
-    """Rescale every slice of ``mix`` [..., P] around its mean to ``target`` [..., L] (in place; returns mix)."""
-    correction = 1 if avg.unbiased else 0
+    """Rescale every slice of ``mix`` [..., P] around its mean to ``target`` [..., L] (in place; returns mix).
+
+    ``mix`` must be contiguous. Per slice: the mean, the deviations (in place), their squared norm, then
+    ``deviation * factor + mean`` (``mul_``, ``add_``: with one per-row operand each such pass is vectorised,
+    where ``addcmul`` with two per-row operands runs about 5x slower on CPU)."""
+    rows, goal = mix.view(-1, mix.shape[-1]), target.reshape(-1, target.shape[-1])
+    squares, means = _squared_deviations(rows, slices, None)
+    var = squares.div_(_divisors(slices, avg.unbiased, squares))
+    num, den = (goal + avg.eps, var.add_(avg.eps)) if avg.eps else (goal, var)
+    factor = torch.where(den > 0, torch.sqrt(num / den.clamp_min(torch.finfo(den.dtype).tiny)), 1.0)
     for l, s in enumerate(slices):
-        part = mix[..., s]
-        var, mean = torch.var_mean(part, dim=-1, correction=correction, keepdim=True)
-        num, den = target[..., l:l + 1] + avg.eps, var + avg.eps
-        factor = torch.where(den > 0, torch.sqrt(num / den.clamp_min(torch.finfo(den.dtype).tiny)),
-                             torch.ones_like(den))
-        part.sub_(mean).mul_(factor).add_(mean)
+        rows[:, s].mul_(factor[:, l:l + 1]).add_(means[l])
     return mix
 
 
@@ -145,20 +217,58 @@ class Inbox:
     def received(n: int, receivers: torch.Tensor, rows: torch.Tensor, payload: torch.Tensor, weights: torch.Tensor,
                  variances: torch.Tensor) -> "Inbox":
         """What ``n`` nodes got from messages e carrying ``payload[rows[e]]`` to ``receivers[e]`` with weight
-        ``weights[e]``; ``variances`` [m, L]: the payload rows' per-tensor variances. One sparse matmul per sum,
-        no per-edge copies of the payload."""
-        A = receive_matrix(receivers, rows, weights.to(payload.dtype), n, len(payload))
-        weight = torch.zeros(n, dtype=payload.dtype, device=payload.device).index_add_(0, receivers,
-                                                                                        weights.to(payload.dtype))
-        count = torch.zeros(n, dtype=torch.int64, device=payload.device).index_add_(0, receivers,
-                                                                                     torch.ones_like(receivers))
-        if variances.shape[1]:
-            ones = receive_matrix(receivers, rows, torch.ones(len(rows), dtype=payload.dtype, device=payload.device),
-                                  n, len(payload))
-            variance = torch.sparse.mm(ones, variances)
+        ``weights[e]``; ``variances`` [m, L]: the payload rows' per-tensor variances. One sparse matmul per sum
+        (a CSR matrix with a row per node, its entries in (receiver, row) order), no per-edge copies of the
+        payload."""
+        return Inbox._sums(n, receivers, rows, payload, weights, variances, None, False)
+
+    def plus(self, receivers: torch.Tensor, rows: torch.Tensor, payload: torch.Tensor, weights: torch.Tensor,
+             variances: torch.Tensor, in_place: bool = False) -> "Inbox":
+        """``self + Inbox.received(len(self.count), ...)``, each sum in one pass (the sparse matmul adds
+        ``A @ payload`` to the old sums), into fresh tensors or, with ``in_place``, into this inbox's own (the
+        caller's to change)."""
+        if not len(receivers):
+            return self
+        return Inbox._sums(len(self.count), receivers, rows, payload, weights, variances, self, in_place)
+
+    @staticmethod
+    def _sums(n, receivers, rows, payload, weights, variances, old, in_place) -> "Inbox":
+        dtype, dev = payload.dtype, payload.device
+        w = weights.to(dtype)
+        got = torch.bincount(receivers, minlength=n) if len(receivers) else torch.zeros(n, dtype=torch.int64,
+                                                                                         device=dev)
+        if old is None:
+            weight, count = torch.zeros(n, dtype=dtype, device=dev).index_add_(0, receivers, w), got
+        elif in_place:
+            weight, count = old.weight.index_add_(0, receivers, w), old.count.add_(got)
         else:
-            variance = variances.new_zeros(n, 0)
-        return Inbox(torch.sparse.mm(A, payload), weight, count, variance)
+            weight, count = old.weight.index_add(0, receivers, w), old.count + got
+        if not len(receivers):
+            return Inbox(payload.new_zeros(n, payload.shape[1]), weight, count,
+                         variances.new_zeros(n, variances.shape[1]))
+        order = torch.argsort(receivers * len(payload) + rows, stable=True)
+        crow = torch.zeros(n + 1, dtype=torch.int64, device=dev)
+        torch.cumsum(got, 0, out=crow[1:])
+        cols = rows[order]
+        total = _spmm(crow, cols, w[order], payload, None if old is None else old.total, in_place)
+        if variances.shape[1]:
+            ones = torch.ones(len(cols), dtype=variances.dtype, device=dev)
+            variance = _spmm(crow, cols, ones, variances, None if old is None else old.variance, in_place)
+        else:
+            variance = variances.new_zeros(n, 0) if old is None else old.variance
+        return Inbox(total, weight, count, variance)
+
+    def rows(self, nodes: torch.Tensor) -> "Inbox":
+        """The inboxes of ``nodes`` (indices), as a smaller Inbox (copies of those rows)."""
+        return Inbox(self.total[nodes], self.weight[nodes], self.count[nodes], self.variance[nodes])
+
+    def clear_(self, nodes: torch.Tensor) -> "Inbox":
+        """Empty the rows of ``nodes`` (indices) in place (the tensors must be the caller's own). Returns self."""
+        self.total.index_fill_(0, nodes, 0)
+        self.weight.index_fill_(0, nodes, 0)
+        self.count.index_fill_(0, nodes, 0)
+        self.variance.index_fill_(0, nodes, 0)
+        return self
 
     def __add__(self, other: "Inbox") -> "Inbox":
         return Inbox(self.total + other.total, self.weight + other.weight, self.count + other.count,
@@ -168,6 +278,34 @@ class Inbox:
         """The inbox with the rows of ``nodes`` (a bool mask [N]) emptied."""
         keep = ~nodes
         return Inbox(self.total * keep[:, None], self.weight * keep, self.count * keep, self.variance * keep[:, None])
+
+
+def _empty(shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+    """A fresh tensor of ``like``'s dtype and device (on CPU backed by huge pages: no page fault per 4 KiB)."""
+    if like.device.type == "cpu":
+        return memory.empty(shape, dtype=like.dtype)
+    return torch.empty(shape, dtype=like.dtype, device=like.device)
+
+
+def _spmm(crow: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, dense: torch.Tensor,
+          add_to: torch.Tensor | None = None, in_place: bool = False) -> torch.Tensor:
+    """``A @ dense`` (or ``add_to + A @ dense``, into ``add_to`` itself with ``in_place``) for the CSR matrix A
+    (``crow``, ``cols``, ``values``) of ``len(crow) - 1`` rows; rows of A without entries give zero rows."""
+    n = len(crow) - 1
+    with warnings.catch_warnings():  # "sparse CSR support is in beta"
+        warnings.simplefilter("ignore", UserWarning)
+        A = torch.sparse_csr_tensor(crow, cols, values, (n, len(dense)))
+    if dense.device.type != "cpu":
+        product = torch.sparse.mm(A, dense)
+        if add_to is None:
+            return product
+        return add_to.add_(product) if in_place else add_to + product
+    if add_to is not None and in_place:
+        return torch.addmm(add_to, A, dense, out=add_to)
+    out = _empty((n, dense.shape[1]), dense)
+    if add_to is None:   # beta = 0: the contents of out are never read
+        return torch.addmm(out, A, dense, beta=0, out=out)
+    return torch.addmm(add_to, A, dense, out=out)
 
 
 def receive_matrix(receivers: torch.Tensor, rows: torch.Tensor, values: torch.Tensor, n: int, m: int) -> torch.Tensor:
@@ -181,19 +319,41 @@ def receive_matrix(receivers: torch.Tensor, rows: torch.Tensor, values: torch.Te
 def average_inbox(own: torch.Tensor, inbox: Inbox, avg: Averaging, slices: list[slice],
                   own_weight: torch.Tensor | None = None) -> torch.Tensor:
     """Every node's new model from its own row and its inbox (batched ``average_node``; rows with an empty
-    inbox keep their model). ``own_weight`` [N]: the ``plain`` rule's weight on the node's own model."""
+    inbox keep their model). ``own_weight`` [N]: the ``plain`` rule's weight on the node's own model.
+
+    One fresh [N, P] tensor; every pass (mix, mean, deviations, rescale) runs over a cache-sized chunk of rows."""
     got = inbox.count > 0
+    dtype = own.dtype
     if avg.rule == "plain":
         if own_weight is None:
             raise ValueError("plain averaging needs the nodes' own weights")
-        w_own = own_weight.to(own.dtype)
-        mixed = (w_own[:, None] * own + inbox.total) / (w_own + inbox.weight)[:, None]
+        w_own = own_weight.to(dtype)
+        denom = (w_own + inbox.weight)[:, None]
+        w_own = w_own[:, None]
     else:
-        mean = inbox.total / inbox.weight.clamp_min(torch.finfo(own.dtype).tiny)[:, None]
-        mixed = torch.lerp(mean, own, avg.beta) if avg.beta else mean   # beta own + (1 - beta) mean
-        if avg.corrects and slices:
-            target = inbox.variance / inbox.count.clamp_min(1).to(own.dtype)[:, None]
+        scale = inbox.weight.clamp_min(torch.finfo(dtype).tiny)[:, None]
+        correct = avg.corrects and bool(slices)
+        if correct:
+            target = inbox.variance / inbox.count.clamp_min(1).to(dtype)[:, None]
+    out = _empty(tuple(own.shape), own)
+    step = _rows_per_chunk(own)
+    for lo in range(0, len(own), step):
+        sl = slice(lo, lo + step)
+        mixed = out[sl]
+        if avg.rule == "plain":   # (w_own own + total) / (w_own + weight)
+            torch.mul(w_own[sl], own[sl], out=mixed).add_(inbox.total[sl]).div_(denom[sl])
+            continue
+        torch.div(inbox.total[sl], scale[sl], out=mixed)   # the received mean
+        if avg.beta:
+            mixed.lerp_(own[sl], avg.beta)                  # beta own + (1 - beta) mean
+        if correct:
+            goal = target[sl]
             if avg.target == "follow_beta":
-                target = avg.beta * tensor_variances(own, slices, avg.unbiased) + (1 - avg.beta) * target
-            mixed = _rescale(mixed, target, slices, avg)
-    return torch.where(got[:, None], mixed, own)
+                goal = avg.beta * tensor_variances(own[sl], slices, avg.unbiased) + (1 - avg.beta) * goal
+            _rescale(mixed, goal, slices, avg)
+    if own.device.type != "cpu":
+        return torch.where(got[:, None], out, own)
+    idle = (~got).nonzero().flatten()
+    if len(idle):
+        out.index_copy_(0, idle, own.index_select(0, idle))
+    return out

@@ -30,6 +30,7 @@ from typing import Callable, ClassVar
 
 import torch
 
+from fedsim import memory
 from fedsim.algorithms.gossip import evaluation_rows, population_diagnostics
 from fedsim.averaging import Averaging, Inbox, average_inbox, corrected_slices, tensor_variances
 from fedsim.messages import Messages
@@ -81,7 +82,15 @@ class AsyncGossipState:
 
 @dataclass(frozen=True)
 class AsyncGossip:
-    """Gossip learning on per-node clocks (see the module docstring); ``round(state, tick, ...)`` is one tick."""
+    """Gossip learning on per-node clocks (see the module docstring); ``round(state, tick, ...)`` is one tick.
+
+    A tick never writes into the state it was given: the tensors it changes (models, momentum, clocks, inbox
+    sums) are copied first, which at a tick where a tenth of the nodes train is about a third of its time.
+    ``in_place = True`` drops those copies: ``round`` then changes the given state's tensors and returns them
+    (the same numbers, bit for bit). ``simulate`` never looks at a state again once the next tick has run, so a
+    run through it is unchanged; do not use it while holding on to states (an initial state you run twice, an
+    ``on_round`` hook that keeps the states it sees rather than saving them).
+    """
 
     trainer: LocalSGD
     averaging: Averaging = Averaging("beta")
@@ -93,6 +102,7 @@ class AsyncGossip:
     init_scheme: str = "default"
     eval_nodes: int = 10
     vectorized: bool = True
+    in_place: bool = False
     _cache: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self):
@@ -104,8 +114,12 @@ class AsyncGossip:
                              f"{self.churn}, {self.churn_ticks}")
 
     def _slices(self) -> list[slice]:
-        spec = ParamSpec.of(self.trainer.model)
-        return corrected_slices(spec, self.averaging.tensors) if self.averaging.corrects else []
+        hit = self._cache.get("slices")
+        if hit is None:
+            spec = ParamSpec.of(self.trainer.model)
+            hit = self._cache["slices"] = corrected_slices(spec, self.averaging.tensors) if self.averaging.corrects \
+                else []
+        return hit
 
     def init(self, fed) -> AsyncGossipState:
         if fed.schedule is None or fed.schedule.directed:
@@ -121,70 +135,101 @@ class AsyncGossip:
                                 inbox.total, inbox.weight, inbox.count, inbox.variance,
                                 x.new_zeros(0, p), none, none.clone(), none.clone(), x.new_zeros(0))
 
-    def _mixing(self, fed, t: int) -> SparseW:
+    def _mixing(self, fed, t: int) -> "_Topology":
         W = fed.schedule.at(t)
         hit = self._cache.get("W")
         if hit is None or hit[0] is not W:
             sw = SparseW.from_scipy(W, device=fed.device, dtype=fed.dtype)
-            degree = torch.bincount(sw.rows[sw.off], minlength=sw.n)
-            self._cache["W"] = hit = (W, sw, degree)
-        return hit[1], hit[2]
+            senders, receivers = sw.edges()
+            hit = self._cache["W"] = (W, _Topology(sw, senders, receivers, sw.vals[sw.off],
+                                                   torch.bincount(receivers, minlength=sw.n), sw.vals[sw.diag_pos]))
+        return hit[1]
 
     def round(self, state: AsyncGossipState, t: int, fed, send: Callable[[Messages], Messages]):
         n, dev = fed.data.n_clients, fed.device
-        nodes = torch.arange(n, device=dev)
         offline_until = state.offline_until
         if self.churn:
+            nodes = torch.arange(n)
             online = offline_until <= t
-            u = fed.streams.uniform("churn", nodes.cpu(), t, dtype=torch.float64).to(dev)
+            u = fed.streams.uniform("churn", nodes, t, dtype=torch.float64).to(dev)
             going = online & (u < self.churn)
             lo, hi = self.churn_ticks
-            ticks = fed.streams.randint("churn_ticks", nodes.cpu(), t, hi - lo + 1).to(dev) + lo
+            ticks = fed.streams.randint("churn_ticks", nodes, t, hi - lo + 1).to(dev) + lo
             offline_until = torch.where(going, t + ticks, offline_until)
         online = offline_until <= t
         slices = self._slices()
-        inbox = state.inbox
+        new = _Writable(self.in_place, x=state.x, momentum=state.momentum, next_train=state.next_train,
+                        total=state.inbox_total, weight=state.inbox_weight, count=state.inbox_count,
+                        variance=state.inbox_variance)
 
         # messages in flight that arrive now
         flight = (state.flight_payload, state.flight_arrival, state.flight_src, state.flight_dst, state.flight_weight)
         if len(state.flight_arrival):
-            inbox, flight = self._land(inbox, flight, t, online, slices)
+            flight = self._land(new, flight, t, online, slices)
 
         # nodes whose clock fires train and send
-        W, degree = self._mixing(fed, t)
+        top = self._mixing(fed, t)
         firing = online & (state.next_train <= t)
         trainers = firing.nonzero().flatten()
-        x, momentum, next_train = state.x, state.momentum, state.next_train
         metrics = {"participants": len(trainers), "train_loss": float("nan")}
         if len(trainers):
             train = self.trainer.train if self.vectorized else self.trainer.train_loop
-            kept = None if momentum is None else momentum[trainers]
-            new, losses, buffers = train(x[trainers], trainers, t, fed.data, fed.streams, momentum=kept)
-            x = x.index_copy(0, trainers, new)
+            everyone = len(trainers) == n   # (tick 0, every clock at 1): no gathers, the results are the state
+            momentum = state.momentum
+            kept = None if momentum is None else (momentum if everyone else momentum[trainers])
+            params, losses, buffers = train(state.x if everyone else state.x[trainers], trainers, t, fed.data,
+                                            fed.streams, momentum=kept)
+            if everyone:
+                new.set("x", params)
+            else:
+                new.write("x").index_copy_(0, trainers, params)
             if momentum is not None:
-                momentum = momentum.index_copy(0, trainers, buffers)
+                if everyone:
+                    new.set("momentum", buffers)
+                else:
+                    new.write("momentum").index_copy_(0, trainers, buffers)
             lo, hi = self.interval
             step = fed.streams.randint("clock", trainers.cpu(), t, hi - lo + 1).to(dev) + lo
-            next_train = next_train.index_copy(0, trainers, t + step)
+            new.write("next_train").index_copy_(0, trainers, t + step)
             metrics["train_loss"] = float(losses.mean())
-            inbox, flight = self._send(inbox, flight, new, trainers, firing, W, t, online, slices, send)
+            flight = self._send(new, flight, params, trainers, firing, top, t, online, slices, send)
 
-        # full inboxes average
-        ready = online & (inbox.count >= degree) & (inbox.count > 0)
-        if bool(ready.any()):
-            own_weight = W.vals[W.diag_pos] if self.averaging.rule == "plain" else None
-            mixed = average_inbox(x, inbox, self.averaging, slices, own_weight=own_weight)
-            x = torch.where(ready[:, None], mixed, x)
-            inbox = inbox.cleared(ready)
-        metrics.update(averaged=int(ready.sum()), offline=int((~online).sum()))
-        return AsyncGossipState(x, momentum, next_train, offline_until, inbox.total, inbox.weight, inbox.count,
-                                inbox.variance, *flight), metrics
+        # full inboxes average: only those rows are computed
+        ready = (online & (new["count"] >= top.degree) & (new["count"] > 0)).nonzero().flatten()
+        if len(ready):
+            inbox = Inbox(new["total"], new["weight"], new["count"], new["variance"])
+            plain = self.averaging.rule == "plain"
+            if len(ready) == n:
+                new.set("x", average_inbox(new["x"], inbox, self.averaging, slices,
+                                           own_weight=top.own_weight if plain else None))
+                for name, value in zip(_INBOX, _fields(inbox)):   # every inbox is empty again
+                    new.set(name, value.zero_() if name in new.own else torch.zeros_like(value))
+            else:
+                mixed = average_inbox(new["x"][ready], inbox.rows(ready), self.averaging, slices,
+                                      own_weight=top.own_weight[ready] if plain else None)
+                new.write("x").index_copy_(0, ready, mixed)
+                Inbox(*(new.write(name) for name in _INBOX)).clear_(ready)
+        metrics.update(averaged=len(ready), offline=int((~online).sum()))
+        return AsyncGossipState(new["x"], new["momentum"], new["next_train"], offline_until, new["total"],
+                                new["weight"], new["count"], new["variance"], *flight), metrics
 
-    def _send(self, inbox, flight, payload, trainers, firing, W, t, online, slices, send):
+    def _receive(self, new: "_Writable", n: int, receivers, rows, payload, weights, variances) -> None:
+        """Messages enter their receivers' inboxes (running sums)."""
+        if not len(receivers):
+            return
+        if "count" not in new.own and not bool(new["count"].any()):   # all empty (tick 0, every clock at 1)
+            got = Inbox.received(n, receivers, rows, payload, weights, variances)
+        else:   # the old sums plus the new, into fresh tensors (in place if this tick made them already)
+            got = Inbox(*(new[name] for name in _INBOX)).plus(receivers, rows, payload, weights, variances,
+                                                               in_place="count" in new.own)
+        for name, value in zip(_INBOX, _fields(got)):
+            new.set(name, value)
+
+    def _send(self, new, flight, payload, trainers, firing, top, t, online, slices, send):
         """The trainers' broadcast: through the taps, then into the inboxes (or in flight for ``delay`` ticks)."""
-        senders, receivers = W.edges()
+        senders, receivers = top.senders, top.receivers
         mine = firing[senders]
-        weights = W.vals[W.off][mine]
+        weights = top.weights[mine]
         row = torch.full_like(firing, -1, dtype=torch.int64)
         row[trainers] = torch.arange(len(trainers), device=row.device)
         msgs = send(Messages.make(t, "gossip", trainers, payload, row[senders[mine]], receivers[mine]))
@@ -196,13 +241,14 @@ class AsyncGossip:
         if self.delay == 0:
             here = online[dst]
             variances = tensor_variances(sent, slices, self.averaging.unbiased)
-            return inbox + Inbox.received(len(online), dst[here], src[here], sent, w[here], variances), flight
+            self._receive(new, len(online), dst[here], src[here], sent, w[here], variances)
+            return flight
         rows, arrival, fsrc, fdst, fw = flight
         arrival = torch.cat([arrival, torch.full((len(sent),), t + self.delay, dtype=torch.int64, device=sent.device)])
-        return inbox, (torch.cat([rows, sent]), arrival, torch.cat([fsrc, src + len(rows)]), torch.cat([fdst, dst]),
-                       torch.cat([fw, w]))
+        return (torch.cat([rows, sent]), arrival, torch.cat([fsrc, src + len(rows)]), torch.cat([fdst, dst]),
+                torch.cat([fw, w]))
 
-    def _land(self, inbox, flight, t, online, slices):
+    def _land(self, new, flight, t, online, slices):
         """Deliver the messages in flight that arrive at tick ``t`` (to online receivers) and drop them from flight."""
         rows, arrival, src, dst, w = flight
         now = arrival == t
@@ -210,15 +256,64 @@ class AsyncGossip:
         if bool(edges.any()):
             e_src, e_dst, e_w = src[edges], dst[edges], w[edges]
             here = online[e_dst]
-            variances = tensor_variances(rows, slices, self.averaging.unbiased)
-            inbox = inbox + Inbox.received(len(online), e_dst[here], e_src[here], rows, e_w[here], variances)
+            variances = rows.new_zeros(len(rows), len(slices))
+            if slices:   # of the rows that land now only
+                landing = now.nonzero().flatten()
+                variances[landing] = tensor_variances(rows[landing], slices, self.averaging.unbiased)
+            self._receive(new, len(online), e_dst[here], e_src[here], rows, e_w[here], variances)
         keep_rows, keep_edges = ~now, ~edges
         new_index = torch.cumsum(keep_rows.to(torch.int64), 0) - 1
-        return inbox, (rows[keep_rows], arrival[keep_rows], new_index[src[keep_edges]], dst[keep_edges],
-                       w[keep_edges])
+        return (rows[keep_rows], arrival[keep_rows], new_index[src[keep_edges]], dst[keep_edges], w[keep_edges])
 
     def diagnostics(self, state: AsyncGossipState) -> dict[str, float]:
         return population_diagnostics(state.models, self.trainer.model, self.init_scheme)
 
     def models(self, state: AsyncGossipState) -> dict[str, torch.Tensor]:
         return evaluation_rows(state.models, self.eval_nodes)
+
+
+_INBOX = ("total", "weight", "count", "variance")
+
+
+def _fields(inbox: Inbox) -> tuple[torch.Tensor, ...]:
+    return inbox.total, inbox.weight, inbox.count, inbox.variance
+
+
+@dataclass(frozen=True)
+class _Topology:
+    """What a tick reads of W_tick: the matrix, its messages (sender, receiver, weight W_ji), every node's degree
+    and its own weight W_ii."""
+
+    W: SparseW
+    senders: torch.Tensor
+    receivers: torch.Tensor
+    weights: torch.Tensor
+    degree: torch.Tensor
+    own_weight: torch.Tensor
+
+
+class _Writable:
+    """The tensors of a tick's new state: each starts as the old state's and is copied, once, before its first
+    change, so a round never writes into the state it was given (a state stays valid after the next tick).
+    ``in_place``: the old state's tensors are the round's to change."""
+
+    def __init__(self, in_place: bool, **tensors: torch.Tensor | None):
+        self.tensors = tensors
+        self.own: set[str] = set(tensors) if in_place else set()
+
+    def __getitem__(self, name: str) -> torch.Tensor | None:
+        return self.tensors[name]
+
+    def write(self, name: str) -> torch.Tensor:
+        """The tensor, ours to change in place."""
+        if name not in self.own:
+            old = self.tensors[name]
+            self.tensors[name] = (memory.empty(tuple(old.shape), old.dtype).copy_(old) if old.device.type == "cpu"
+                                  else old.clone())
+            self.own.add(name)
+        return self.tensors[name]
+
+    def set(self, name: str, value: torch.Tensor) -> None:
+        """A fresh tensor that nobody else holds."""
+        self.tensors[name] = value
+        self.own.add(name)
