@@ -145,7 +145,7 @@ def part_timing(args) -> str:
     import numpy as np
 
     from fedsim.engine import simulate
-    from fedsim.fedpca import nslkdd
+    from fedsim.pipelines import fedpca_nslkdd as nslkdd
     from fedsim.fedpca.fedpg import FedPG, PCAFederation
     from fedsim.rng import Streams
 
@@ -226,7 +226,7 @@ def part_timing(args) -> str:
 def scale_single(variant: str, rounds: int, measure_rounds: int, data_dir, n_clients: int, seed: int) -> dict:
     """One scale point in this process: returns a JSON-able dict."""
     from fedsim.engine import simulate
-    from fedsim.fedpca import nslkdd
+    from fedsim.pipelines import fedpca_nslkdd as nslkdd
     from fedsim.fedpca.fedpg import FedPG, PCAFederation
     from fedsim.fedpca.problem import pooled_matrix, top_k_eigenspace
     from fedsim.rng import Streams
@@ -292,7 +292,7 @@ def part_scale(args) -> str:
 def part_sweep(args) -> str:
     import numpy as np
 
-    from fedsim.fedpca import nslkdd
+    from fedsim.pipelines import fedpca_nslkdd as nslkdd
 
     fedpg_kwargs = {"paper": dict(PAPER), "clean": dict(CLEAN, client_fraction=0.1)}
     results: dict[tuple, list[dict]] = {}

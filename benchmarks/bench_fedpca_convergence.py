@@ -81,7 +81,7 @@ def part_rounds(args) -> str:
     import torch
 
     import topologies
-    from fedsim.fedpca import nslkdd
+    from fedsim.pipelines import fedpca_nslkdd as nslkdd
     from fedsim.fedpca.baselines import exact_federated_pca
     from fedsim.fedpca.decentralized import DecentralizedFedPG
     from fedsim.fedpca.fedpg import FedPE, FedPG, PCAFederation
@@ -189,7 +189,7 @@ def part_ablation(args) -> str:
     """Plain consensus ADMM with other local solves and penalties (NumPy), own scaler, k in ``args.ablation_ks``."""
     import numpy as np
 
-    from fedsim.fedpca import nslkdd
+    from fedsim.pipelines import fedpca_nslkdd as nslkdd
     from fedsim.fedpca.fedpg import FedPG, PCAFederation
     from fedsim.rng import Streams
 
@@ -223,7 +223,7 @@ def part_timing(args) -> str:
     import torch
 
     from fedsim.engine import simulate
-    from fedsim.fedpca import nslkdd
+    from fedsim.pipelines import fedpca_nslkdd as nslkdd
     from fedsim.fedpca.baselines import fedpg_with_pymanopt
     from fedsim.fedpca.fedpg import FedPG, PCAFederation
     from fedsim.fedpca.grassmann import largest_principal_angle

@@ -241,8 +241,32 @@ PAPER_ROWS = [
     {"method": "paper: centralized (AUC k=20)", "auc": 91.01, "auc_DoS": 95.77, "auc_Probe": 96.87,
      "auc_R2L": 73.72, "auc_U2R": 93.58},
 ]
-FEDPCA_COLUMNS = ["method", "auc", "auc_DoS", "auc_Probe", "auc_R2L", "auc_U2R", "accuracy", "f1", "fpr",
-                  "seconds", "MB_sent", "angle"]
+FEDPCA_COLUMNS = ["method", "scaler", "auc", "auc_DoS", "auc_Probe", "auc_R2L", "auc_U2R", "accuracy", "f1", "fpr",
+                  "seconds", "rounds", "MB_sent", "angle"]
+
+
+def _fedpca_protocol_line(args) -> str:
+    """What the threshold protocol uses, in one line (printed above the tables)."""
+    if args.protocol == "train-quantile":
+        return (f"threshold: train-quantile, honest (the {100 * (1 - args.alpha):g}% quantile of the normal training "
+                f"rows' residuals, alpha = {args.alpha}); AUC needs no threshold")
+    if args.protocol == "q-statistic":
+        return (f"threshold: q-statistic, honest (Jackson-Mudholkar Q at alpha = {args.alpha} from the normal training "
+                f"rows' covariance); AUC needs no threshold")
+    if args.protocol == "paper-minmax":
+        return f"threshold: paper-minmax, tau = {args.tau} (the paper's: min + tau (max - min) of the test scores)"
+    return f"threshold: paper-quantile, q = {args.quantile} (the paper's: the q-quantile of the test scores)"
+
+
+def _fedpca_protocol_note(args, title: str) -> str | None:
+    """The line under a table whose threshold used test-set statistics (None for the honest protocols)."""
+    if args.protocol == "paper-minmax":
+        return (f"note: tau was tuned on the test set (KDDTest+) by the authors, for their variant (raw, non-orthonormal "
+                f"Z); accuracy/F1/FPR here use {title}'s own score range: not an honest evaluation (AUC is)")
+    if args.protocol == "paper-quantile":
+        return (f"note: the threshold is the q-quantile of {title}'s own scores (the paper's protocol): accuracy/F1/FPR "
+                f"use test-set statistics, not an honest evaluation (AUC is)")
+    return None
 
 
 def cmd_fedpca(args) -> int:
@@ -251,18 +275,19 @@ def cmd_fedpca(args) -> int:
     import torch
 
     import topologies
+    from fedsim import anomaly
     from fedsim.config import ConfigError
     from fedsim.data import PartitionError
     from fedsim.engine import atomic_write_text
-    from fedsim.fedpca import nslkdd
-    from fedsim.plots import plot_roc
+    from fedsim.pipelines import fedpca_nslkdd as pipeline
+    from fedsim.plots import plot_convergence, plot_roc, plot_roc_panels
 
     methods = list(dict.fromkeys(m.strip() for m in args.methods.split(",") if m.strip())) if args.methods \
-        else list(nslkdd.METHODS)
-    unknown = [m for m in methods if m not in nslkdd.METHODS]
+        else list(pipeline.METHODS)
+    unknown = [m for m in methods if m not in pipeline.METHODS]
     if unknown or not methods:
         what = f"unknown --methods entry {unknown[0]!r}" if unknown else f"--methods {args.methods!r} names no method"
-        raise ConfigError(f"{what}; known: {', '.join(nslkdd.METHODS)}")
+        raise ConfigError(f"{what}; known: {', '.join(pipeline.METHODS)}")
     _check_fedpca_args(args)
     graphs = sorted(set(topologies.GENERATORS) - {"edge_list"})
     if args.topology not in graphs:
@@ -271,12 +296,12 @@ def cmd_fedpca(args) -> int:
     claim_results_folder(args.out, "fedpca", settings, args.overwrite)
     torch.set_num_threads(args.threads)
     try:
-        data = nslkdd.prepare(args.data_dir, n_clients=args.clients, split=args.split, features=args.features,
-                              seed=args.seed)
+        data = pipeline.prepare(args.data_dir, n_clients=args.clients, split=args.split, features=args.features,
+                                seed=args.seed, test=args.test, global_scaler=args.global_scaler)
     except PartitionError:
         raise ConfigError(f"--clients {args.clients:,} is too many for --split {args.split}: some client would "
                           "get no normal training rows; use fewer --clients") from None
-    d = data.X_test.shape[1]
+    d = data.tests[0].X.shape[1]
     if args.k > d:
         raise ConfigError(f"-k {args.k} is larger than d = {d}, the number of --features {args.features} columns "
                           f"(k > d); use -k 1..{d}")
@@ -302,31 +327,70 @@ def cmd_fedpca(args) -> int:
             shown = ", ".join([f"--clients {args.clients}", *(f"{flags[key]} {v}" for key, v in used.items())])
             raise ConfigError(f"--topology {args.topology} with {shown}: {e}") from None
         schedule = topologies.Static(topologies.metropolis_hastings(graph))
-    rows, curves = [], {}
+    rows, curves, rocs = [], {}, {ts.name: {} for ts in data.tests}
     for name in methods:
         print(f"  training {name} ...", file=sys.stderr, flush=True)
-        res = nslkdd.train_method(name, data, args.k, rounds=args.rounds, seed=args.seed, fedpg_kwargs=kwargs,
-                                  topology=schedule)
-        ev = nslkdd.evaluate_method(res, data, args.protocol, tau=args.tau, q=args.quantile, alpha=args.alpha)
-        angle = res.extra.get("angle_to_pooled_topk", float("nan"))
-        rows.append({"method": name, **ev, "seconds": res.seconds, "MB_sent": res.bytes_sent / 1e6, "angle": angle})
-        if res.Z.ndim == 2:
-            from fedsim import anomaly
-
-            scores = anomaly.residual_scores(data.X_test, res.Z, orthonormal=res.orthonormal)
-            curves[name] = anomaly.roc_points(scores, data.is_attack)
+        rounds = args.paper_rounds if name in pipeline.PAPER_METHODS else args.rounds
+        res = pipeline.train_method(name, data, args.k, rounds=rounds, seed=args.seed, fedpg_kwargs=kwargs,
+                                    topology=schedule, tol=args.tol, trace=True)
+        if "curve" in res.extra:
+            curves[name] = res.extra["curve"]
+        for ts in data.tests:
+            ev = pipeline.evaluate_method(res, data, args.protocol, tau=args.tau, q=args.quantile, alpha=args.alpha,
+                                          test=ts.name)
+            rows.append({"test": ts.name, "method": name, "scaler": pipeline.scaler_of(name, args.global_scaler),
+                         **ev, "seconds": res.seconds, "rounds": res.extra.get("rounds", float("nan")),
+                         "MB_sent": res.bytes_sent / 1e6, "angle": res.extra.get("angle_to_pooled_topk", float("nan")),
+                         "objective_gap": res.extra.get("objective_gap", float("nan"))})
+            scores = pipeline.scores_on(res, data, ts.name)
+            if scores is not None:
+                rocs[ts.name][name] = anomaly.roc_points(scores, ts.is_attack)
+    order = [ts.name for ts in data.tests]
+    rows.sort(key=lambda r: order.index(r["test"]))          # stable: the methods keep their order in each test set
     out = Path(args.out)
-    print(f"\nNSL-KDD, {args.clients} clients ({args.split} split), k = {args.k}, protocol {args.protocol}"
-          f"{f' (tau = {args.tau})' if args.protocol == 'paper-minmax' else ''}; metrics in %\n")
-    table = format_table(rows + (PAPER_ROWS if args.protocol == "paper-minmax" else []), FEDPCA_COLUMNS)
-    print(table)
-    print("\nangle: largest principal angle (rad) between an iterative method's subspace and the pooled top-k "
-          "eigenspace of its clients' data (0 = converged to the federated optimum).")
-    atomic_write_text(out / "summary.txt", table + "\n")
-    atomic_write_text(out / "results.json", json.dumps({"command": "fedpca", "args": settings, "rows": rows},
+    honest = args.protocol in pipeline.HONEST_PROTOCOLS
+    scaling = "the centralized scaler (all normal training rows), as in the paper"
+    print(f"\nNSL-KDD, {args.clients} clients ({args.split} split), k = {args.k}; metrics in %; "
+          f"{_fedpca_protocol_line(args)}\ntest rows z-scored with {scaling}")
+    texts = []
+    for ts in data.tests:
+        mine = [r for r in rows if r["test"] == ts.name]
+        paper = PAPER_ROWS if args.protocol == "paper-minmax" and ts.name == "test+" else []
+        shown = [{**r, "angle": f"{r['angle']:.1e}" if math.isfinite(r["angle"]) else "-"} for r in mine]
+        text = f"{ts.describe()}\n\n{format_table(shown + paper, FEDPCA_COLUMNS)}"
+        note = _fedpca_protocol_note(args, ts.title)
+        if note:
+            text += f"\n{note}"
+        texts.append(text)
+        print(f"\n{text}")
+    scalers = list(dict.fromkeys(r["scaler"] for r in rows))
+    legend = ["scaler: " + "; ".join(f"{s} = {pipeline.SCALER_NOTES[s]}" for s in scalers)]
+    if any(m in pipeline.ITERATIVE for m in methods):
+        legend += ["angle: largest principal angle (rad) between an iterative method's subspace and the pooled top-k "
+                   "eigenspace of its clients' data (0 = converged to the federated optimum)",
+                   f"rounds: rounds that sent messages (fedpg stops once its angle estimate < --tol {args.tol:g}, at "
+                   f"most --rounds {args.rounds}; fedpg-decentralized runs all --rounds; the paper variants "
+                   f"--paper-rounds {args.paper_rounds})"]
+    print("\n" + "\n".join(legend))
+    atomic_write_text(out / "summary.txt", "\n\n".join(texts) + "\n\n" + "\n".join(legend) + "\n")
+    protocol = {"name": args.protocol, "honest": honest,
+                "threshold_from": "normal training rows" if honest else "test-set scores"}
+    tests = {ts.name: {"title": ts.title, "rows": len(ts.X), "attacks": int(ts.is_attack.sum())} for ts in data.tests}
+    atomic_write_text(out / "results.json", json.dumps({"command": "fedpca", "args": settings, "protocol": protocol,
+                                                        "tests": tests, "rows": rows, "convergence": curves},
                                                        indent=1, default=str))
-    png = plot_roc(curves, out / "roc.png", title=f"NSL-KDD anomaly detection, k = {args.k}")
-    print(f"\nresults: {out}/  (summary.txt, results.json, roc.png)\nplot:    {png}")
+    title = f"NSL-KDD anomaly detection, k = {args.k}"
+    if len(data.tests) == 1:
+        png = plot_roc(rocs[data.tests[0].name], out / "roc.png", title=f"{title}, {data.tests[0].title}")
+    else:
+        png = plot_roc_panels({ts.title: rocs[ts.name] for ts in data.tests}, out / "roc.png", title=title)
+    files = ["summary.txt", "results.json", "roc.png"]
+    conv = None
+    if curves:
+        conv = plot_convergence(curves, out / "convergence.png",
+                                title=f"convergence to each method's optimum, NSL-KDD, k = {args.k}")
+        files.append("convergence.png")
+    print(f"\nresults: {out}/  ({', '.join(files)})\nplot:    {png}" + (f"\n         {conv}" if conv else ""))
     return 0
 
 
@@ -419,7 +483,9 @@ def _check_fedpca_args(args) -> None:
     from fedsim.config import ConfigError
 
     checks = [("--rounds", args.rounds, args.rounds >= 1, ">= 1"), ("--clients", args.clients, args.clients >= 1, ">= 1"),
+              ("--paper-rounds", args.paper_rounds, args.paper_rounds >= 1, ">= 1"),
               ("-k", args.k, args.k >= 1, ">= 1"), ("--threads", args.threads, args.threads >= 1, ">= 1"),
+              ("--tol", args.tol, 0 <= args.tol < math.inf, ">= 0 and finite"),
               *((flag, value, 0 < value < math.inf, "> 0 and finite") for flag, value in
                 (("--eta", args.eta), ("--rho", args.rho), ("--paper-eta", args.paper_eta),
                  ("--paper-rho", args.paper_rho)) if value is not None),
@@ -502,30 +568,59 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.set_defaults(func=cmd_quickstart)
 
+    class FedpcaHelp(HelpFormatter):
+        """fedsim's help format, wrapping lines at spaces only: "(default: train-quantile)" stays whole."""
+
+        def _split_lines(self, text, width):
+            import textwrap
+
+            return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
     p = sub.add_parser("fedpca", help="federated PCA anomaly detection on NSL-KDD: all methods side by side",
+                       formatter_class=FedpcaHelp,
                        description="Train FedPG (clean and paper variants), FedPE, decentralized FedPG and the "
-                                   "baselines on NSL-KDD normal traffic, and evaluate them on KDDTest+ with one "
-                                   "threshold protocol. Prints one table; saves results.json and a ROC plot.")
+                                   "baselines on NSL-KDD normal traffic, and evaluate them on KDDTest+ and/or "
+                                   "KDDTest-21 with one threshold protocol (by default an honest one: the threshold "
+                                   "comes from normal training rows only). Prints one table per test set; saves "
+                                   "results.json, a ROC plot and a convergence plot.")
     p.add_argument("--data-dir", help=f"folder holding nsl-kdd/ {DATA_DIR_DEFAULT}")
     p.add_argument("--methods", help="comma-separated subset of: centralized, exact-federated (global scaler), "
                                      "exact-federated-local (clients' own scaling: FedPG's optimum), projector-avg, "
                                      "local-only, fedpg, fedpg-paper, fedpe-paper, fedpg-decentralized "
                                      "(default: all of them)")
+    p.add_argument("--test", default="test+", choices=["test+", "test21", "both"],
+                   help="test set: KDDTest+ (the paper's), KDDTest-21 (its rows that some of 21 classifiers got "
+                        "wrong), or both (one table each)")
     p.add_argument("--clients", type=int, default=20, help="number of clients")
     p.add_argument("--split", default="paper", choices=["paper", "iid", "dirichlet"],
                    help="how the normal training rows are split among the clients: the paper's (sorted by "
-                        "dst_bytes), iid, or dirichlet over dst_bytes bins")
+                        "dst_bytes; the n mod clients rows with the largest dst_bytes are left out), iid, or "
+                        "dirichlet over dst_bytes bins")
+    p.add_argument("--global-scaler", default="blocks", choices=["blocks", "all-normal"],
+                   help="rows of the federated global scaler and of exact-federated: the split's blocks, or every "
+                        "normal training row (the rows the split leaves out join the last client; exact-federated "
+                        "then equals centralized PCA)")
     p.add_argument("--features", default="paper", choices=["paper", "onehot"],
                    help="the paper's 34 numeric features, or all 38 numeric ones plus one-hot protocol, service "
                         "and flag")
     p.add_argument("-k", type=int, default=30, help="subspace dimension (the paper's)")
-    p.add_argument("--rounds", type=int, default=100, help="rounds of the iterative methods")
-    p.add_argument("--protocol", default="paper-minmax",
-                   choices=["paper-minmax", "paper-quantile", "train-quantile", "q-statistic"],
-                   help="threshold protocol: the paper's (test statistics) or honest (training data only)")
-    p.add_argument("--tau", type=float, default=0.00025, help="paper-minmax threshold")
+    p.add_argument("--rounds", type=int, default=1000,
+                   help="round cap of fedpg (which stops earlier, by --tol) and fedpg-decentralized (no stopping "
+                        "rule: runs all of them; a ring of 20 needs up to ~600 rounds at k = 10)")
+    p.add_argument("--tol", type=float, default=1e-6,
+                   help="fedpg (linearized solver) stops once its Davis-Kahan estimate of the angle to the optimum "
+                        "is below this (rad); 0 = run all --rounds")
+    p.add_argument("--paper-rounds", type=int, default=100, help="rounds of fedpg-paper and fedpe-paper (the paper's)")
+    p.add_argument("--protocol", default="train-quantile",
+                   choices=["train-quantile", "q-statistic", "paper-minmax", "paper-quantile"],
+                   help="threshold protocol: honest (train-quantile, q-statistic: from normal training rows only) or "
+                        "the paper's (paper-minmax with --tau, paper-quantile with --quantile: from the test scores)")
+    p.add_argument("--tau", type=float, default=0.00025,
+                   help="paper-minmax threshold (the authors tuned it on KDDTest+ for their variant)")
     p.add_argument("--quantile", type=float, default=0.5, help="paper-quantile q")
-    p.add_argument("--alpha", type=float, default=0.01, help="false-alarm level of the honest protocols")
+    p.add_argument("--alpha", type=float, default=0.01,
+                   help="false-alarm level of the honest protocols (train-quantile: the (1 - alpha) quantile of the "
+                        "normal training rows' residuals)")
     p.add_argument("--eta", type=float, default=None,
                    help="clean/decentralized FedPG step size (default: unset, the data-derived default solvers; "
                         "set: the Riemannian/ADMM local-step schedule, e.g. the previous --eta 0.05 --rho 1 "

@@ -203,3 +203,45 @@ def plot_diagnostics(results: Result | Sequence[Result] | Mapping[str, Result], 
                      x_label: str = "round", x_key: str | None = None, title: str = "") -> Path:
     """``diagnostics_figure`` saved (atomically, format from the suffix) to ``path``."""
     return save_figure(diagnostics_figure(results, x_label, x_key, title), path)
+
+
+def plot_convergence(curves: Mapping[str, Mapping[str, Sequence[float]]], path: str | Path, title: str = "") -> Path:
+    """Convergence of iterative subspace methods, saved (atomically) as a PNG: the largest principal angle to the
+    method's own optimum (left) and the objective gap (right) versus round, log y, one line per method.
+
+    ``curves``: ``{label: {"round": [...], "angle": [...], "objective_gap": [...]}}``. Values <= 0 (an angle or
+    gap at the rounding floor) cannot be drawn on a log axis and are left out.
+    """
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    panels = (("angle", "largest principal angle to the optimum (rad)"),
+              ("objective_gap", "objective gap f(Z) - f(Z*)"))
+    for ax, (key, ylabel) in zip(axes, panels):
+        drawn = False
+        for label, curve in curves.items():
+            pairs = [(r, v) for r, v in zip(curve["round"], curve[key]) if v is not None and math.isfinite(v) and v > 0]
+            if pairs:
+                ax.plot([r for r, _ in pairs], [v for _, v in pairs], label=label)
+                drawn = True
+        if drawn:
+            ax.set_yscale("log")
+            ax.legend(fontsize=8)
+        ax.set(xlabel="round", ylabel=ylabel)
+        ax.grid(alpha=0.3, which="both")
+    if title:
+        fig.suptitle(title)
+    return save_figure(fig, path)
+
+
+def plot_roc_panels(panels: Mapping[str, Mapping[str, tuple]], path: str | Path, title: str = "") -> Path:
+    """ROC curves of several test sets side by side, ``{panel title: {label: (fpr, tpr)}}``, saved as a PNG."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 5), squeeze=False)
+    for ax, (name, curves) in zip(axes[0], panels.items()):
+        for label, (fpr, tpr) in curves.items():
+            ax.plot(fpr, tpr, label=label)
+        ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
+        ax.set(xlabel="false positive rate", ylabel="true positive rate", title=name)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    return save_figure(fig, path)

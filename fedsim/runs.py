@@ -183,7 +183,7 @@ def _show(v) -> str:
 
 # --------------------------------------------------------------------------- result folders of one-shot commands
 
-RESULT_FILES = ("summary.txt", "results.json", "roc.png", "reconstructions.png")
+RESULT_FILES = ("summary.txt", "results.json", "roc.png", "convergence.png", "reconstructions.png")
 # arguments that do not change what a one-shot command (fedpca, attack) computes
 SETTINGS_FREE = ("out", "threads", "no_progress", "overwrite", "data_dir")
 

@@ -37,6 +37,7 @@ DATA_SETS: dict[str, tuple[str, ...]] = {
     "mnist-victims": ("mnist/dia_mnist_128.npz",),
     "cifar10-victims": ("cifar10-sample/dia_cifar10_128.npz",),
     "nsl-kdd": ("nsl-kdd/KDDTrain+.txt[.gz]", "nsl-kdd/KDDTest+.txt[.gz]"),            # what fedpca's prepare reads
+    "nsl-kdd-test21": ("nsl-kdd/KDDTrain+.txt[.gz]", "nsl-kdd/KDDTest-21.txt[.gz]"),   # ... with test="test21"
     # the four files exactly as the data set is distributed (tests/data checks these very files)
     "nsl-kdd-all": ("nsl-kdd/KDDTrain+.txt.gz", "nsl-kdd/KDDTest+.txt", "nsl-kdd/KDDTest-21.txt",
                     "nsl-kdd/KDDTrain+_20Percent.txt"),

@@ -21,6 +21,6 @@ def planted():
 @pytest.fixture(scope="session")
 def nsl_data(require_data):
     root = require_data("nsl-kdd")          # the data folder: FEDSIM_DATA_DIR, else the user cache
-    from fedsim.fedpca import nslkdd
+    from fedsim.pipelines import fedpca_nslkdd as nslkdd
 
     return nslkdd.prepare(root)

@@ -10,7 +10,7 @@ pytestmark = pytest.mark.needs_data("nsl-kdd")     # tests/conftest.py: skip, or
 def test_fedpca_command_prints_one_table_and_saves_results(tmp_path, capsys, data_root):
     out = tmp_path / "fedpca"
     rc = main(["fedpca", "--data-dir", str(data_root), "--methods", "centralized,fedpg-paper,fedpg", "--rounds", "3",
-               "-k", "20", "--out", str(out)])
+               "-k", "20", "--protocol", "paper-minmax", "--out", str(out)])
     assert rc == 0
     text = capsys.readouterr().out
     for name in ("centralized", "fedpg-paper", "fedpg", "paper: FedPG (k=30)"):

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from fedsim.engine import simulate
-from fedsim.fedpca import nslkdd
 from fedsim.fedpca.fedpg import FedPG, PCAFederation
 from fedsim.fedpca.problem import pooled_matrix, top_k_eigenspace
+from fedsim.pipelines import fedpca_nslkdd as nslkdd
 from fedsim.rng import Streams
 
 
