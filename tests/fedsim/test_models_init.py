@@ -189,6 +189,23 @@ def test_a_nodes_initial_model_depends_only_on_seed_id_and_scheme():
         torch.testing.assert_close(a, c, rtol=1e-14, atol=1e-15)
 
 
+@pytest.mark.parametrize("shared", [False, True])
+def test_drawing_in_chunks_of_clients_gives_the_same_models(monkeypatch, shared):
+    """init_population draws a chunk of clients at a time (bounded temporaries); each value is a pure function of
+    (seed, client, parameter, entry), so any chunk size gives the same population."""
+    from fedsim import state
+
+    model = build_model("lenet_caffe", MNIST, 10)
+    clients = torch.tensor([9, 0, 4, 7, 2, 5, 1])
+    whole = init_population(model, clients, Streams(2), shared=shared, init="xavier")
+    monkeypatch.setattr(state, "_INIT_CHUNK", 1000)     # fc1 (400,000 entries) one client per chunk, conv1 two
+    chunked = init_population(model, clients, Streams(2), shared=shared, init="xavier")
+    assert torch.equal(chunked, whole)                  # elementwise draws: no reduction, same bits
+    one_by_one = torch.cat([init_population(model, clients[i:i + 1], Streams(2), shared=shared, init="xavier")
+                            for i in range(len(clients))])
+    assert torch.equal(chunked, one_by_one)
+
+
 def test_unknown_init_is_refused():
     model = build_model("mlp", (1, 8, 8), 10)
     with pytest.raises(ValueError, match="unknown init 'he'.*'xavier_fan_in'"):
