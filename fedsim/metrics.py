@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from fedsim.averaging import tensor_variances
 from fedsim.state import ParamSpec
 
 
@@ -30,8 +31,9 @@ def weight_variance(x: torch.Tensor, spec: ParamSpec, unbiased: bool = False) ->
     """
     if x.ndim != 2 or x.shape[1] != spec.size:
         raise ValueError(f"need a population [N, {spec.size}], got shape {tuple(x.shape)}")
-    return {name: x[:, cols].var(dim=1, correction=1 if unbiased else 0)
-            for name, cols in weight_tensors(spec).items()}
+    tensors = weight_tensors(spec)
+    var = tensor_variances(x, list(tensors.values()), unbiased)   # two passes per chunk, not torch.var's Welford
+    return {name: var[:, i] for i, name in enumerate(tensors)}
 
 
 def weight_var_ratio(x: torch.Tensor, spec: ParamSpec, reference: dict[str, float],
