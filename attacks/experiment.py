@@ -25,6 +25,7 @@ from attacks.victims import (CIFAR10_MEAN, CIFAR10_STD, MNIST_MEAN, MNIST_STD, l
 from attacks.vision import build_attack_model
 
 ATTACKS = ("ig", "dia", "informed")
+ATTACK_NAMES = {"truth": "original", "ig": "IG", "dia": "DIA", "informed": "informed IG"}   # rows of the image grid
 
 
 @dataclass(frozen=True)
@@ -75,11 +76,13 @@ def last_linear_weight_index(model: nn.Module) -> int:
 
 def run_attacks(victims: list[int], attacks: tuple[str, ...] = ATTACKS, model: str = "mlp", dataset: str = "mnist",
                 dropout: float = 0.25, config: InversionConfig = InversionConfig(), data_dir=None, seed: int = 0,
-                progress=None, device: str = "cpu") -> tuple[list[dict], dict]:
+                progress=None, device: str = "cpu", images: tuple | None = None) -> tuple[list[dict], dict]:
     """Attack each victim (one image per gradient) with each attack; returns rows and reconstructions (on CPU).
 
     All victims of an attack run as one batch on ``device``; ``seconds`` of a row is that batch's wall time
     and ``victim_it_per_s`` its throughput. ``progress(attack, iteration, active)`` is called every iteration.
+    ``images``: (uint8 images, labels) in the victim set's layout to draw the victims from instead of the
+    ``dataset`` victim set (e.g. MNIST test images).
     """
     if dataset not in VICTIM_SETS:
         raise ValueError(f"unknown victim set {dataset!r}; known: {', '.join(VICTIM_SETS)}")
@@ -87,7 +90,7 @@ def run_attacks(victims: list[int], attacks: tuple[str, ...] = ATTACKS, model: s
     if unknown:
         raise ValueError(f"unknown attack(s) {unknown}; known: {', '.join(ATTACKS)}")
     vs = VICTIM_SETS[dataset]
-    images, labels = load_victims(dataset, data_dir)
+    images, labels = load_victims(dataset, data_dir) if images is None else images
     if max(victims) >= len(images) or min(victims) < 0:
         raise ValueError(f"victim ids must be in 0..{len(images) - 1}, got {victims}")
     torch.manual_seed(seed)
@@ -125,14 +128,26 @@ def run_attacks(victims: list[int], attacks: tuple[str, ...] = ATTACKS, model: s
     return rows, recon
 
 
-def save_grid(recon: dict, path: str | Path) -> Path:
-    """Originals (first row) and each attack's reconstructions (one row per attack) as a PNG."""
-    from fedsim.plots import plt, save_figure
+def grid_figure(recon: dict, title: str = ""):
+    """Originals (first row) and each attack's reconstructions (one row per attack, named), SSIM under each image.
+
+    ``title`` names the attack setting (default: the attacks shown). Returns the figure, unsaved.
+    """
+    from fedsim.plots import plt
+
+    def as_batch(images) -> torch.Tensor:                       # [C, H, W] or [H, W] images -> [B, C, H, W]
+        x = torch.stack([torch.as_tensor(np.asarray(t.detach().cpu() if isinstance(t, torch.Tensor) else t))
+                         for t in images]).float()
+        return x[:, None] if x.ndim == 3 else x
 
     names = list(recon)
     cols = len(recon["truth"])
-    fig, axes = plt.subplots(len(names), cols, figsize=(1.4 * cols + 1, 1.5 * len(names)), squeeze=False)
+    truth = as_batch(recon["truth"])
+    fig, axes = plt.subplots(len(names), cols, figsize=(1.4 * cols + 1, 1.7 * len(names) + 0.6), squeeze=False)
     for i, name in enumerate(names):
+        scores = None
+        if name != "truth":
+            scores = ssim(as_batch(recon[name]), truth)
         for j, img in enumerate(recon[name]):
             img = np.asarray(img.detach().cpu() if isinstance(img, torch.Tensor) else img)
             if img.ndim == 3:                                   # [C, H, W]
@@ -140,5 +155,19 @@ def save_grid(recon: dict, path: str | Path) -> Path:
             axes[i, j].imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1)
             axes[i, j].set_xticks([])
             axes[i, j].set_yticks([])
-        axes[i, 0].set_ylabel(name, fontsize=9)
-    return save_figure(fig, path, dpi=100)
+            if scores is not None:
+                axes[i, j].set_xlabel(f"SSIM {float(scores[j]):.3f}", fontsize=8)
+        axes[i, 0].set_ylabel(ATTACK_NAMES.get(name, name), fontsize=9)
+    shown = [ATTACK_NAMES.get(n, n) for n in names if n != "truth"]
+    import textwrap
+
+    text = title or f"gradient inversion: {', '.join(shown)} (SSIM to the original under each image)"
+    fig.suptitle(textwrap.fill(text, max(30, int(fig.get_figwidth() * 11))), fontsize=10)  # fits narrow grids
+    return fig
+
+
+def save_grid(recon: dict, path: str | Path, title: str = "") -> Path:
+    """``grid_figure`` saved as a PNG."""
+    from fedsim.plots import save_figure
+
+    return save_figure(grid_figure(recon, title), path, dpi=100)

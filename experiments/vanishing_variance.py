@@ -22,6 +22,7 @@ the resolved study config in ``study.toml``.
     python experiments/vanishing_variance.py --workers 2                       # CPU default (6-13 min on 2 cores)
     python experiments/vanishing_variance.py --config experiments/configs/vanishing_variance_full.toml
     python experiments/vanishing_variance.py --set ticks=500 --set "sizes=[50]" --out results/vv-small
+    fedsim experiment vanishing_variance --workers 2            # the same study under the common command (--ray too)
 
 A study config holds the study keys (``Study``) at the top level and a ``[run]`` table: a partial fedsim run
 config (data, model, algorithm hyper-parameters, time.interval, device, threads, eval_nodes) shared by all points.
@@ -36,11 +37,9 @@ import dataclasses
 import difflib
 import json
 import math
-import multiprocessing
 import statistics
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -196,26 +195,10 @@ def load_study(path: str | Path, overrides: dict | None = None) -> Study:
 
 def study_toml(study: Study) -> str:
     """The resolved study config as TOML (study keys, then [run] as fedsim writes its sections)."""
-    def fmt(v):
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, str):
-            return json.dumps(v)
-        if isinstance(v, (list, tuple)):
-            return "[" + ", ".join(fmt(x) for x in v) + "]"
-        return repr(v)
+    from fedsim.studies import toml_text
 
-    lines = [f"{f.name} = {fmt(getattr(study, f.name))}" for f in dataclasses.fields(Study) if f.name != "run"]
-
-    def table(prefix: str, values: dict) -> None:
-        flat = {k: v for k, v in values.items() if not isinstance(v, dict)}
-        lines.extend(["", f"[{prefix}]", *(f"{k} = {fmt(v)}" for k, v in flat.items())])
-        for k, v in values.items():
-            if isinstance(v, dict):
-                table(f"{prefix}.{k}", v)
-
-    table("run", study.run)
-    return "\n".join(lines) + "\n"
+    values = {f.name: getattr(study, f.name) for f in dataclasses.fields(Study) if f.name != "run"}
+    return toml_text({**values, "run": study.run})
 
 
 # --- points -----------------------------------------------------------------------------------------------------
@@ -334,36 +317,16 @@ def check_inputs(study: Study, out: Path) -> dict[Point, fconfig.RunConfig]:
 
 
 def run_points(configs: dict[Point, fconfig.RunConfig], out: Path, workers: int = 1, progress: bool = True,
-               keep_checkpoints: bool = True) -> int:
-    """Run the unfinished points (in ``workers`` processes); return how many ran."""
-    from tqdm import tqdm
+               keep_checkpoints: bool = True, ray: str | None = None) -> int:
+    """Run the unfinished points (serially, in ``workers`` processes, or as Ray tasks: ``fedsim.studies.map_tasks``);
+    return how many ran."""
+    from fedsim.studies import map_tasks
 
     todo = [p for p, cfg in configs.items() if not finished(cfg, out / "points" / p.id)]
     todo.sort(key=lambda p: (-p.n, p.method == "fl"))   # the longest first: the workers end together
-    bar = tqdm(total=len(configs), initial=len(configs) - len(todo), desc="points", unit="pt", disable=not progress,
-               file=sys.stderr, dynamic_ncols=True)
-    try:
-        if workers <= 1:
-            for p in todo:
-                bar.set_postfix_str(p.id)
-                run_point(configs[p], str(out / "points" / p.id), keep_checkpoints)
-                bar.update()
-        else:
-            ctx = multiprocessing.get_context("spawn")   # no fork of a process that holds torch threads
-            with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-                jobs = {pool.submit(run_point, configs[p], str(out / "points" / p.id), keep_checkpoints): p
-                        for p in todo}
-                try:
-                    for job in as_completed(jobs):
-                        job.result()
-                        bar.set_postfix_str(jobs[job].id)
-                        bar.update()
-                except BaseException:   # an error or Ctrl-C: start no further points
-                    for job in jobs:
-                        job.cancel()
-                    raise
-    finally:
-        bar.close()
+    tasks = [(configs[p], str(out / "points" / p.id), keep_checkpoints) for p in todo]
+    for _ in map_tasks(run_point, tasks, workers, ray, progress, desc="points"):
+        pass
     return len(todo)
 
 
@@ -612,13 +575,54 @@ def summary_table(metrics: dict) -> str:
 
 
 def parse_set(text: str) -> tuple[str, object]:
-    if "=" not in text:
-        raise ConfigError(f"--set expects KEY=VALUE, got {text!r}")
-    key, value = text.split("=", 1)
-    try:
-        return key.strip(), tomllib.loads(f"v = {value}")["v"]
-    except tomllib.TOMLDecodeError:
-        return key.strip(), value   # a bare string
+    from fedsim.studies import parse_set as parse
+
+    return parse(text)
+
+
+NAME = "vanishing_variance"
+
+
+def summary(cfg: dict, groups: list[dict]) -> list[str]:
+    """The summary table's lines (``fedsim experiment vanishing_variance``)."""
+    return summary_table({"threshold": cfg["threshold"], "groups": groups}).splitlines()
+
+
+def run_study(config: str | Path | None = None, overrides: dict | None = None, out: str | Path | None = None,
+              workers: int = 1, ray: str | None = None, progress: bool = True, overwrite: bool = False):
+    """The whole study (``fedsim experiment vanishing_variance``): resolve, check, run the unfinished points, write
+    the metrics (also ``metrics.csv`` = ``summary.csv``, and ``config.toml`` = ``study.toml``) and the figures.
+
+    A folder whose points hold runs of another config is refused (``check_inputs``) unless ``overwrite``: then
+    ``points/`` and the study's files are removed first. Returns a ``fedsim.studies.StudyRun``."""
+    import shutil
+
+    from fedsim.files import atomic_write_text
+    from fedsim.studies import StudyRun
+
+    if workers < 1:
+        raise ConfigError(f"--workers must be >= 1, got {workers}")
+    study = load_study(config or DEFAULT_CONFIG, overrides)
+    out = Path(out or Path("results") / NAME / study.name)
+    if overwrite:
+        shutil.rmtree(out / "points", ignore_errors=True)
+        for name in ("study.toml", "config.toml", "metrics.json", "metrics.csv", "points.csv", "summary.csv",
+                     "curves.csv"):
+            (out / name).unlink(missing_ok=True)
+    configs = check_inputs(study, out)
+    text = study_toml(study)
+    atomic_write_text(out / "study.toml", text)
+    atomic_write_text(out / "config.toml", text)
+    if progress:
+        log(f"{len(configs)} points in {out}/points ({workers} worker(s){', Ray' if ray is not None else ''})")
+    ran = run_points(configs, out, workers, progress=progress, keep_checkpoints=study.keep_checkpoints, ray=ray)
+    series, wall = collect(study, out)
+    metrics = aggregate(study, series, wall)
+    write_metrics(out, metrics, size_curves(study, series))
+    atomic_write_text(out / "metrics.csv", (out / "summary.csv").read_text())
+    figures = write_figures(out, study, series, metrics)
+    return StudyRun(out, dataclasses.asdict(study), metrics["points"], metrics["groups"], [], ran, len(configs),
+                    figures)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -628,6 +632,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a study key or a run.<section>.<key>; repeatable")
     ap.add_argument("--workers", type=int, default=1, help="points run in parallel processes")
+    ap.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                    help="run the points as Ray tasks (local Ray, or the cluster at ADDRESS)")
     ap.add_argument("--out", default=None, help="results folder (default: results/vanishing_variance/<name>)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
@@ -636,29 +642,17 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.perf_counter()
     try:
-        if args.workers < 1:
-            raise ConfigError(f"--workers must be >= 1, got {args.workers}")
-        study = load_study(args.config, dict(parse_set(s) for s in args.set))
-        out = Path(args.out or Path("results") / "vanishing_variance" / study.name)
-        configs = check_inputs(study, out)
-        from fedsim.files import atomic_write_text
-
-        atomic_write_text(out / "study.toml", study_toml(study))
-        log(f"{len(configs)} points in {out}/points ({args.workers} worker(s))")
-        ran = run_points(configs, out, args.workers, progress=not args.quiet, keep_checkpoints=study.keep_checkpoints)
+        done = run_study(args.config, dict(parse_set(s) for s in args.set), args.out, args.workers, args.ray,
+                         progress=not args.quiet)
     except (ConfigError, DataNotFoundError, MalformedDataError, RunFolderError) as e:
         print(f"vanishing_variance: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("vanishing_variance: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
-    series, wall = collect(study, out)
-    metrics = aggregate(study, series, wall)
-    write_metrics(out, metrics, size_curves(study, series))
-    figures = write_figures(out, study, series, metrics)
-    print(summary_table(metrics))
-    print(f"\n{ran} point(s) run in {time.perf_counter() - started:.0f} s; results in {out} "
-          f"({', '.join(p.name for p in figures if p.suffix == '.png')})")
+    print("\n".join(summary(done.config, done.groups)))
+    print(f"\n{done.ran} point(s) run in {time.perf_counter() - started:.0f} s; results in {done.out} "
+          f"({', '.join(p.name for p in done.figures if p.suffix == '.png')})")
     return 0
 
 

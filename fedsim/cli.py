@@ -14,13 +14,15 @@ from pathlib import Path
 from fedsim.runs import RunFolderError, claim_results_folder  # light: imports torch only when used
 
 EPILOG = """examples:
-  fedsim quickstart                           FedAvg vs gossip on bundled digits (offline), table + plot
+  fedsim quickstart                           the tour: digits runs, corrected gossip, federated PCA, DIA -> report.md
   fedsim run experiments/configs/quickstart_fedavg.toml --out results/fedavg
   fedsim run CONFIG.toml --set rounds=100 --set algorithm.lr=0.05 --out results/lr005
   fedsim run CONFIG.toml --set rounds=200 --set algorithm.lr=0.05 --out results/lr005 --resume
                                               continue that run after an interruption, or extend it
   fedsim topology regular -n 100 -k 8 --draw regular.png
   fedsim fedpca --data-dir ../shared/data        federated PCA anomaly detection on NSL-KDD, all methods
+  fedsim experiment --list                    the studies (sweeps over settings x seeds); then e.g.
+  fedsim experiment gossip_clients --workers 2   results/gossip_clients/cpu/: metrics.csv, metrics.json, figures
 
 Data is looked up in --data-dir, else $FEDSIM_DATA_DIR, else ~/.cache/fedsim.
 """
@@ -140,7 +142,9 @@ def cmd_run(args) -> int:
     cfg = _apply_common(load(args.config), args)
     out_dir = Path(args.out) if args.out else Path("results") / cfg.name
     result, seconds = _run_one(cfg, out_dir, args.resume, not args.no_progress, args.overwrite)
-    _finish([summarize(cfg.name, cfg, result, seconds)], {cfg.name: result}, out_dir, cfg.name, [cfg])
+    where = "star" if cfg.algorithm.name == "fedavg" else f"{cfg.topology.name} graph"
+    title = f"{cfg.name}: {cfg.algorithm.name} on a {where}, {cfg.clients} clients, {cfg.data.dataset}, seed {cfg.seed}"
+    _finish([summarize(cfg.name, cfg, result, seconds)], {cfg.name: result}, out_dir, title, [cfg])
     return 0
 
 
@@ -158,6 +162,11 @@ def cmd_quickstart(args) -> int:
 
             cfg = replace(cfg, {"rounds": args.rounds})
         cfgs.append(cfg)
+    parts = _quickstart_parts(args.parts)
+    if args.iterations is not None and args.iterations < 1:
+        from fedsim.config import ConfigError
+
+        raise ConfigError(f"--iterations must be >= 1, got {args.iterations}")
     plan = _quickstart_plan(cfgs, out_dir, args.resume, args.overwrite)
     for cfg, overwrite in plan:
         result, seconds = _run_one(cfg, out_dir / cfg.name, args.resume, not args.no_progress, overwrite)
@@ -165,6 +174,50 @@ def cmd_quickstart(args) -> int:
         results[cfg.name] = result
     print("fedsim quickstart: scikit-learn digits (1,437 train / 360 test), MLP 64-32-10, 10 clients\n")
     _finish(rows, results, out_dir, "fedsim quickstart: FedAvg vs decentralized SGD on digits", cfgs)
+    if not parts:
+        return 0
+    return _quickstart_tour(args, parts, out_dir, rows)
+
+
+QUICKSTART_PARTS = ("gossip", "fedpca", "attack")
+
+
+def _quickstart_parts(text: str) -> list[str]:
+    """The tour parts named by --parts ("all", "none" or a comma list of QUICKSTART_PARTS)."""
+    from fedsim.config import ConfigError
+
+    if text.strip() in ("all", "none"):
+        return list(QUICKSTART_PARTS) if text.strip() == "all" else []
+    parts = list(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))
+    bad = [t for t in parts if t not in QUICKSTART_PARTS] or ([] if parts else [text])
+    if bad:
+        raise ConfigError(f"unknown --parts entry {bad[0]!r}; known: all, none, {', '.join(QUICKSTART_PARTS)}")
+    return parts
+
+
+def _quickstart_tour(args, parts: list[str], out_dir: Path, rows: list[dict]) -> int:
+    """The tour after the digits runs: gossip rules, federated PCA, an attack; report.md with every headline number."""
+    import dataclasses
+
+    from fedsim import tour
+
+    settings = tour.TourSettings()
+    if args.rounds is not None:
+        settings = dataclasses.replace(settings, gossip_rounds=args.rounds)
+    if args.iterations is not None:
+        settings = dataclasses.replace(settings, attack_iterations=args.iterations)
+    started = time.perf_counter()
+    done = tour.run_tour(out_dir, settings, args.data_dir, parts,
+                         on_part=lambda name: print(f"  tour: {name} ...", file=sys.stderr, flush=True))
+    runs = tour.runs_part(rows, sum(r["seconds"] for r in rows))
+    for part in done:
+        if part.skipped:
+            print(f"fedsim: note: {part.note}", file=sys.stderr)
+            continue
+        print(f"\n{part.title} ({part.seconds:.1f} s): {part.setting}\n")
+        print(format_table(part.rows, part.columns))
+    report = tour.write_report(out_dir, [runs, *done])
+    print(f"\ntour: {time.perf_counter() - started:.0f} s; report: {report}")
     return 0
 
 
@@ -227,11 +280,15 @@ def cmd_topology(args) -> int:
     print(f"  degree        min {info['min_degree']}, max {info['max_degree']}, mean {info['mean_degree']:.2f}")
     print(f"  spectral gap  {info['spectral_gap']:.6f}  (1 - |lambda_2| of the {label} weights)")
     if args.draw:  # its folder was checked before the work (_check_args); this catches the rest
+        shown = ", ".join(f"{k} = {v}" for k, v in params.items() if k != "path")
+        name = f"{args.name} ({shown})" if shown else args.name
         try:
-            topologies.draw(graph, args.draw, seed=args.seed)
+            topologies.draw(graph, args.draw, seed=args.seed, name=name)
         except OSError as e:
             raise ConfigError(f"--draw {args.draw}: cannot write it ({e.strerror or e})") from None
-        print(f"  drawing       {args.draw}")
+        big = info["nodes"] > topologies.drawing.DRAW_MAX
+        print(f"  drawing       {args.draw}" + (f"  (the degree distribution: above {topologies.drawing.DRAW_MAX} "
+                                                "nodes a drawing is unreadable)" if big else ""))
     return 0
 
 
@@ -405,6 +462,16 @@ def cmd_attack(args) -> int:
     from fedsim.config import ConfigError
     from fedsim.engine import atomic_write_text
 
+    if args.capture:   # a Flower run's capture: the model, dropout, victim set and victims come from it
+        from attacks.flower_capture import capture_model, read_capture
+
+        try:
+            header, records = read_capture(args.capture)
+            capture_model(header)
+        except ValueError as e:
+            raise ConfigError(f"--capture {e}") from None
+        args.model, args.dataset, args.dropout = header["model"], header["dataset"], float(header["dropout"])
+        args.victims = len({r["sender"] for r in records if r["kind"] == "uplink" and r["round"] == 0})
     if args.model not in ATTACK_MODELS:
         raise ConfigError(f"unknown --model {args.model!r}; known: {', '.join(ATTACK_MODELS)}")
     if args.dataset not in VICTIM_SETS:
@@ -447,9 +514,15 @@ def cmd_attack(args) -> int:
         bars[attack].set_postfix_str(f"{active} running", refresh=False)
 
     try:
-        rows, recon = run_attacks(list(range(args.victims)), tuple(attacks), args.model, args.dataset,
-                                  args.dropout, InversionConfig(max_iterations=args.iterations), args.data_dir,
-                                  args.seed, progress, args.device)
+        if args.capture:
+            from attacks.flower_capture import attack_capture
+
+            rows, recon = attack_capture(args.capture, tuple(attacks), InversionConfig(max_iterations=args.iterations),
+                                         args.data_dir, args.seed, progress, args.device)
+        else:
+            rows, recon = run_attacks(list(range(args.victims)), tuple(attacks), args.model, args.dataset,
+                                      args.dropout, InversionConfig(max_iterations=args.iterations), args.data_dir,
+                                      args.seed, progress, args.device)
     finally:  # also on Ctrl-C, so that the interruption message starts its own line
         for bar in bars.values():
             bar.close()
@@ -469,8 +542,49 @@ def cmd_attack(args) -> int:
     atomic_write_text(out / "summary.txt", table + "\n")
     atomic_write_text(out / "results.json", json.dumps({"command": "attack", "args": settings, "rows": rows},
                                                        indent=1, default=str))
-    png = save_grid(recon, out / "reconstructions.png")
+    png = save_grid(recon, out / "reconstructions.png",
+                    title=f"{', '.join(attacks)} on {args.dataset} victims, {args.model}, dropout p = {args.dropout}, "
+                          f"at most {args.iterations} iterations")
     print(f"\nresults: {out}/  (summary.txt, results.json, reconstructions.png)\nimages:  {png}")
+    return 0
+
+
+def cmd_flower(args) -> int:
+    """``fedsim flower``: FedAvg, FedPG or gossip on Flower (fedsim/flower/runner.py)."""
+    from fedsim.flower.runner import cmd_flower as run_flower
+
+    return run_flower(args)
+
+
+def cmd_experiment(args) -> int:
+    """``fedsim experiment NAME``: run a study of experiments/ (fedsim.studies) and print its summary."""
+    import experiments
+    from fedsim import studies
+    from fedsim.config import ConfigError
+
+    if args.list or args.name is None:
+        if args.name is None and not args.list:
+            raise ConfigError("give a study NAME (fedsim experiment --list shows them)")
+        width = max(map(len, experiments.STUDIES))
+        for name, (_, what) in experiments.STUDIES.items():
+            print(f"{name:{width}s}  {what}")
+        return 0
+    study = experiments.study(args.name)
+    if args.workers < 1:
+        raise ConfigError(f"--workers must be >= 1, got {args.workers}")
+    if args.workers > 1 and args.ray is not None:
+        raise ConfigError("--workers and --ray exclude each other (Ray runs as many points at once as it has CPUs)")
+    overrides = dict(studies.parse_set(s) for s in args.set or [])
+    start = time.perf_counter()
+    run = getattr(study, "run_study", None) or (lambda **kw: studies.run_study(study, **kw))
+    done = run(config=args.config, overrides=overrides, out=args.out, workers=args.workers, ray=args.ray,
+               progress=not args.no_progress, overwrite=args.overwrite)
+    summary = getattr(study, "summary", None)
+    if summary is not None:
+        print("\n".join(summary(done.config, done.groups)))
+    pngs = ", ".join(p.name for p in done.figures if p.suffix == ".png")
+    print(f"\n{done.ran} of {done.total} point(s) run in {time.perf_counter() - start:.0f} s; results in {done.out}"
+          + (f" (metrics.csv, metrics.json, {pngs})" if pngs else ""))
     return 0
 
 
@@ -560,11 +674,21 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("quickstart", help="FedAvg vs gossip on bundled digits (offline)",
+    p = sub.add_parser("quickstart", help="a tour: FedAvg vs gossip, corrected gossip, federated PCA, DIA; report.md",
                        description="Runs FedAvg (star) and D-PSGD (ring; random 4-regular with a Dirichlet split) "
-                                   "on scikit-learn's bundled digits; prints a table and saves a plot.")
+                                   "on scikit-learn's bundled digits (table + plot), then the tour: plain vs "
+                                   "variance-corrected gossip (digits, 3 seeds), federated PCA anomaly detection on "
+                                   "NSL-KDD (honest threshold) and the Dropout Inversion Attack on MNIST victims; "
+                                   "writes <out>/report.md with every headline number and figure. About 15-30 s on "
+                                   "one CPU thread.")
     p.add_argument("--out", default="results/quickstart", help="output folder")
-    p.add_argument("--rounds", type=int, help="rounds of every run (default: each config's own)")
+    p.add_argument("--rounds", type=int, help="rounds of every run, the tour's gossip runs included (default: "
+                                             "each config's own; the gossip comparison 150)")
+    p.add_argument("--parts", default="all",
+                   help="tour parts after the digits runs: all, none, or a comma list of gossip (plain vs variance-"
+                        "corrected), fedpca (NSL-KDD), attack (DIA on MNIST victims); parts without their data skip "
+                        "with a note")
+    p.add_argument("--iterations", type=int, help="iterations of the tour's attacks (default: 300)")
     common(p)
     p.set_defaults(func=cmd_quickstart)
 
@@ -655,6 +779,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dropout", type=float, default=0.25, help="dropout rate p of the model, in [0, 1)")
     p.add_argument("--attack", default="all", help="all, or a comma list of ig, dia, informed")
     p.add_argument("--victims", type=int, default=1, help="number of victims (images 0..N-1), 1..128")
+    p.add_argument("--capture", metavar="FILE", help="attack the uploads a Flower ServerApp captured (capture.pt of "
+                                                     "experiments/flower_leakage.py); model, dropout and victims "
+                                                     "come from the file (default: none, attack fresh victims)")
     p.add_argument("--iterations", type=int, default=3000, help="iteration cap per attack (official: 20,000)")
     p.add_argument("--data-dir", help="folder holding mnist/dia_mnist_128.npz and cifar10-sample/dia_cifar10_128.npz "
                                       f"{DATA_DIR_DEFAULT}")
@@ -667,6 +794,37 @@ def build_parser() -> argparse.ArgumentParser:
                         "folder holding results of other settings is refused, the same settings are re-run)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     p.set_defaults(func=cmd_attack)
+
+    p = sub.add_parser("experiment", help="run a study of experiments/ (a sweep over seeds and settings)",
+                       description="Run a study: its config's grid x seeds, each point in its own folder\n"
+                                   "(results/<study>/<run-id>/points/; finished points are skipped, an interrupted\n"
+                                   "sweep resumes), then mean and spread over seeds in metrics.csv / metrics.json\n"
+                                   "and figures (PNG, SVG). --list shows the studies.")
+    p.add_argument("name", nargs="?", help="the study (see --list)")
+    p.add_argument("--list", action="store_true", help="list the studies and exit")
+    p.add_argument("--config", help="study config TOML (default: experiments/configs/NAME.toml, the CPU-sized one; "
+                                    "NAME_full.toml is the full-size one)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a study key (--set seeds=[0]) or a key of its [run] table (--set "
+                        "run.algorithm.lr=0.05); repeatable (default: none)")
+    p.add_argument("--out", help="results folder (default: results/NAME/<the config's name>)")
+    p.add_argument("--workers", type=int, default=1, help="points run in parallel processes")
+    p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help="run the points as Ray tasks: on a local Ray instance, or on the cluster at ADDRESS (its "
+                        "machines need fedsim and must share the results folder) (default: no Ray)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a run of another config in the results folder (removes only the study's files "
+                        "and points/; without it such a folder is refused)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(func=cmd_experiment)
+
+    p = sub.add_parser("flower", help="run FedAvg, FedPG or gossip on Flower (in process or Flower's simulation engine)",
+                       description="Run fedsim's algorithms as Flower apps (fedsim/flower/apps.py): the same node "
+                                   "and server steps as the engine; writes results.json, summary.txt and final.pt.")
+    from fedsim.flower.runner import add_arguments as flower_arguments
+
+    flower_arguments(p)
+    p.set_defaults(func=cmd_flower)
 
     p = sub.add_parser("topology", help="describe a topology (nodes, edges, degrees, spectral gap)",
                        description="Build a topology and print its size, degree range and spectral gap.")
@@ -738,6 +896,7 @@ def _main(argv: list[str] | None) -> int:
         return 2
     except KeyboardInterrupt:
         hint = "; rerun with --resume to continue from the last checkpoint" if args.command in ("run", "quickstart") \
+            else "; run the same command again to resume (finished points are kept)" if args.command == "experiment" \
             else ""
         print(f"fedsim: interrupted{hint}", file=sys.stderr)
         return 130

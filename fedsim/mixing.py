@@ -132,19 +132,27 @@ class SparseW:
                                                size=(self.n, len(payload)), check_invariants=False)
         return torch.addcmul(torch.sparse.mm(received, payload.to(own.dtype)), diag[:, None], own)
 
+    def inbox(self, i: int, delivered: torch.Tensor | None = None,
+              kept: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """What node i combines: (its own weight [], the senders [k] of the messages that reached it in
+        ``edges()`` order, their weights [k]), after the undelivered messages fell back (``with_delivered``).
+
+        The per-node view of this matrix: ``mix_loop`` and the Flower gossip relay both use it."""
+        delivered = torch.ones(len(self.off), dtype=torch.bool) if delivered is None else delivered
+        W = self.with_delivered(delivered)
+        own_weight = (W if kept is None else self.with_delivered(kept)).vals[W.diag_pos[i]]
+        e = torch.nonzero((self.rows[self.off] == i) & delivered.to(self.off.device)).flatten()
+        return own_weight, self.cols[self.off[e]], W.vals[self.off[e]]
+
     def mix_loop(self, own: torch.Tensor, payload: torch.Tensor, src: torch.Tensor, delivered: torch.Tensor,
                  kept: torch.Tensor | None = None) -> torch.Tensor:
-        """Reference ``mix``: a Python loop over receivers, each adding up the messages it got."""
-        W = self.with_delivered(delivered)
-        own_weights = (W if kept is None else self.with_delivered(kept)).vals
-        senders, receivers = self.edges()
+        """Reference ``mix``: a Python loop over receivers, each adding up the messages it got (``combine``)."""
         out = torch.empty_like(own)
+        src = src.to(self.off.device)
         for i in range(self.n):
-            acc = own_weights[W.diag_pos[i]] * own[i]
-            for e in torch.nonzero(receivers == i).flatten().tolist():
-                if bool(delivered[e]):
-                    acc = acc + W.vals[self.off[e]] * payload[int(src[e])]
-            out[i] = acc
+            own_weight, _, weights = self.inbox(i, delivered, kept)
+            e = torch.nonzero((self.rows[self.off] == i) & delivered.to(self.off.device)).flatten()
+            out[i] = combine(own_weight, own[i], weights, payload[src[e]])
         return out
 
     def matmul_loop(self, x: torch.Tensor) -> torch.Tensor:
@@ -156,3 +164,14 @@ class SparseW:
             weights = self.vals[k].reshape(-1, *([1] * (x.ndim - 1)))
             out[i] = (weights * x[self.cols[k]]).sum(0)
         return out
+
+
+def combine(own_weight: torch.Tensor, own: torch.Tensor, weights: torch.Tensor, received: torch.Tensor) -> torch.Tensor:
+    """One node's plain gossip combine: ``own_weight * own + sum_j weights[j] * received[j]``, added in order.
+
+    The neighbourhood step of plain mixing for one node; the engine's per-node path (``SparseW.mix_loop``) and a
+    Flower gossip node call it with the same operands in the same order (bit-identical results)."""
+    acc = own_weight * own
+    for w, r in zip(weights, received):
+        acc = acc + w * r.to(own.dtype)
+    return acc

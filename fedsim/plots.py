@@ -35,31 +35,47 @@ def accuracy_key(result: Result) -> str:
     raise KeyError(f"no accuracy metric recorded; recorded: {result.keys()}")
 
 
-def plot_runs(results: dict[str, Result], path: str | Path, title: str = "") -> Path:
-    """Test accuracy and training loss versus round for each named run, saved as a PNG."""
+def runs_figure(results: dict[str, Result], title: str = ""):
+    """Test accuracy and training loss versus round for each named run; returns the figure, unsaved.
+
+    The accuracy line is the run's headline model (``accuracy_key``: FedAvg's global model, gossip's network
+    average); runs that recorded per-node accuracy get a band from the worst to the best evaluated node, and only
+    then does the panel's title mention a band.
+    """
     fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 4))
     shaded, positive = False, False
     for label, res in results.items():
         key = accuracy_key(res)
         rows = [r for r in res.history if r.get(key) == r.get(key) and key in r]   # evaluated rounds (not NaN)
-        (line,) = ax_acc.plot([r["round"] for r in rows], [r[key] for r in rows], marker=".", label=label)
-        if "nodes_acc_min" in res.keys() and "nodes_acc_max" in res.keys():
-            ax_acc.fill_between([r["round"] for r in rows], [r["nodes_acc_min"] for r in rows],
-                                [r["nodes_acc_max"] for r in rows], alpha=0.15, color=line.get_color())
+        (line,) = ax_acc.plot([r["round"] for r in rows], [r[key] for r in rows], marker=".",
+                              label=f"{label} ({ACCURACY_NAMES.get(key, key)})")
+        band = [r for r in rows if all(r.get(k) == r.get(k) and k in r for k in ("nodes_acc_min", "nodes_acc_max"))]
+        if band:
+            ax_acc.fill_between([r["round"] for r in band], [r["nodes_acc_min"] for r in band],
+                                [r["nodes_acc_max"] for r in band], alpha=0.15, color=line.get_color(), lw=0,
+                                label=f"{label} (worst-best node)")
             shaded = True
         loss = res.column("train_loss")
         positive |= any(v > 0 for v in loss if v == v)
         ax_loss.plot(res.column("round"), loss, label=label)
-    ax_acc.set(xlabel="round", ylabel="test accuracy",
-               title="test accuracy" + (" (shaded: range over the evaluated nodes)" if shaded else ""))
-    ax_loss.set(xlabel="round", ylabel="training loss", yscale="log" if positive else "linear",
-                title="local training loss")
+    ax_acc.set(xlabel="round", ylabel="test accuracy (fraction correct)",
+               title="test accuracy" + (" (band: worst to best evaluated node)" if shaded else ""))
+    ax_loss.set(xlabel="round", ylabel="training loss (cross-entropy)", yscale="log" if positive else "linear",
+                title="local training loss (mean over clients)")
     for ax in (ax_acc, ax_loss):
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=8)
     if title:
         fig.suptitle(title)
-    return save_figure(fig, path)
+    return fig
+
+
+ACCURACY_NAMES = {"global_acc": "global model", "average_acc": "network-average model", "nodes_acc": "node mean"}
+
+
+def plot_runs(results: dict[str, Result], path: str | Path, title: str = "") -> Path:
+    """``runs_figure`` saved as a PNG."""
+    return save_figure(runs_figure(results, title), path)
 
 
 def plot_roc(curves: dict, path: str | Path, title: str = "") -> Path:
@@ -67,8 +83,9 @@ def plot_roc(curves: dict, path: str | Path, title: str = "") -> Path:
     fig, ax = plt.subplots(figsize=(5.5, 5))
     for label, (fpr, tpr) in curves.items():
         ax.plot(fpr, tpr, label=label)
-    ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
-    ax.set(xlabel="false positive rate", ylabel="true positive rate", title=title or "ROC")
+    ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--", label="chance")
+    ax.set(xlabel="false positive rate (fraction of normal rows flagged)",
+           ylabel="true positive rate (fraction of attacks flagged)", title=title or "ROC")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return save_figure(fig, path)
@@ -76,7 +93,7 @@ def plot_roc(curves: dict, path: str | Path, title: str = "") -> Path:
 
 # Diagnostic panels, in drawing order: (panel id, title). A panel is drawn when some run recorded its metric.
 DIAGNOSTIC_PANELS = (
-    ("accuracy", "test accuracy (line: node mean, band: min-max)"),
+    ("accuracy", "test accuracy"),
     ("weight_var", "weight variance / Xavier (per layer)"),
     ("consensus", "consensus distance"),
     ("bytes", "bytes sent (cumulative)"),
@@ -146,7 +163,7 @@ def diagnostics_figure(results: Result | Sequence[Result] | Mapping[str, Result]
     titles = dict(DIAGNOSTIC_PANELS)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, pid in zip(axes[0], panels):
-        positive = False
+        positive, banded = False, False
         for i, (run, res) in enumerate(runs.items()):
             colour, style = colours[i % len(colours)], _LINESTYLES[i % len(_LINESTYLES)]
             if pid == "accuracy":
@@ -162,7 +179,9 @@ def diagnostics_figure(results: Result | Sequence[Result] | Mapping[str, Result]
                     rows = [r for r in res.history if x_key in r and all(math.isfinite(r.get(k, math.nan))
                                                                           for k in (key, low, high or key))]
                     ax.fill_between([r[x_key] for r in rows], [r[low] for r in rows],
-                                    [r[high or key] for r in rows], color=colour, alpha=0.2, lw=0)
+                                    [r[high or key] for r in rows], color=colour, alpha=0.2, lw=0,
+                                    label=_label(run, "min-max over nodes"))
+                    banded = True
             elif pid == "weight_var":
                 layers = _layer_keys(res) or (["weight_var_ratio"] if "weight_var_ratio" in res.keys() else [])
                 for j, key in enumerate(layers):
@@ -189,9 +208,9 @@ def diagnostics_figure(results: Result | Sequence[Result] | Mapping[str, Result]
             ax.axhline(1.0, color="black", ls="--", lw=1, label="Xavier")
         if pid == "weight_var" or (pid == "consensus" and positive):  # all zero (one shared model): stay linear
             ax.set_yscale("log")
-        ax.set_ylabel({"accuracy": "test accuracy", "weight_var": "variance / Xavier variance",
-                       "consensus": "mean sq. distance to the mean model", "bytes": "bytes"}[pid])
-        ax.set(xlabel=x_label, title=titles[pid])
+        ax.set_ylabel({"accuracy": "test accuracy (fraction correct)", "weight_var": "variance / Xavier variance",
+                       "consensus": "mean sq. distance to the mean model", "bytes": "bytes (cumulative)"}[pid])
+        ax.set(xlabel=x_label, title=titles[pid] + (" (line: node mean, band: min-max over nodes)" if banded else ""))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     if title:
@@ -245,3 +264,60 @@ def plot_roc_panels(panels: Mapping[str, Mapping[str, tuple]], path: str | Path,
     if title:
         fig.suptitle(title)
     return save_figure(fig, path)
+
+
+def seed_bands_figure(panels: Sequence[tuple[str, str, str, bool]], curves: Mapping[str, Mapping[str, tuple]],
+                      x_label: str = "round", title: str = ""):
+    """Curves repeated over seeds: the mean as a line, the min-max over seeds as a band; one panel per metric.
+
+    ``panels``: ``(key, y label, panel title, log y)``; ``curves``: ``{key: {label: (x, [y of each seed])}}``,
+    every seed's y on the same x. Returns the figure, unsaved.
+    """
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
+    for ax, (key, ylabel, panel_title, log) in zip(axes[0], panels):
+        for label, (x, ys) in curves[key].items():
+            cols = list(zip(*ys))
+            mean = [sum(c) / len(c) for c in cols]
+            (line,) = ax.plot(x, mean, label=f"{label} (mean of {len(ys)} seed{'s' if len(ys) > 1 else ''})")
+            if len(ys) > 1:
+                ax.fill_between(x, [min(c) for c in cols], [max(c) for c in cols], color=line.get_color(), alpha=0.2,
+                                lw=0)
+        if log:
+            ax.set_yscale("log")
+        ax.set(xlabel=x_label, ylabel=ylabel, title=panel_title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def plot_seed_bands(panels, curves, path: str | Path, x_label: str = "round", title: str = "") -> Path:
+    """``seed_bands_figure`` saved (atomically) to ``path``."""
+    return save_figure(seed_bands_figure(panels, curves, x_label, title), path)
+
+
+def frontier_figure(groups: Sequence[Mapping], series: Sequence[str] = ("sweep", "attack"), x: str = "test_acc",
+                    y: str = "ssim", order: str = "strength", labels: Mapping | None = None, x_label: str = "",
+                    y_label: str = "", title: str = ""):
+    """A trade-off frontier from a study's aggregated groups (``fedsim.studies.aggregate``: metric -> {mean, min,
+    max, ...}): one line per value of the ``series`` keys through (mean x, mean y), ordered by ``order``, with
+    min-max bars over seeds on both axes and each point labelled with its ``order`` value. Returns the figure."""
+    fig, ax = plt.subplots(figsize=(6.5, 5))
+    keys = list(dict.fromkeys(tuple(g[k] for k in series) for g in groups))
+    for key in keys:
+        pts = sorted((g for g in groups if tuple(g[k] for k in series) == key
+                      and g[x]["mean"] is not None and g[y]["mean"] is not None), key=lambda g: g[order])
+        if not pts:
+            continue
+        xs, ys = [g[x]["mean"] for g in pts], [g[y]["mean"] for g in pts]
+        xerr = [[m - g[x]["min"] for m, g in zip(xs, pts)], [g[x]["max"] - m for m, g in zip(xs, pts)]]
+        yerr = [[m - g[y]["min"] for m, g in zip(ys, pts)], [g[y]["max"] - m for m, g in zip(ys, pts)]]
+        label = (labels or {}).get(key, ", ".join(map(str, key)))
+        ax.errorbar(xs, ys, xerr=xerr, yerr=yerr, marker="o", ms=4, capsize=2, lw=1, label=label)
+        for g, xi, yi in zip(pts, xs, ys):
+            ax.annotate(f"{g[order]:g}", (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set(xlabel=x_label or x, ylabel=y_label or y, title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return fig

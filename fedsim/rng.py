@@ -114,3 +114,13 @@ class Streams:
         if high.ndim == 1:
             high = high.reshape(-1, *([1] * len(shape)))
         return (u * high).to(torch.int64)
+
+
+def sample_clients(streams: Streams, round: int, n: int, k: int, purpose: str = "sample") -> torch.Tensor:
+    """``k`` distinct clients of ``n``, sorted, from the ``purpose`` stream of ``round`` (all of them if k >= n).
+
+    The one client sampler: FedAvg's clients per round, FedPG's sampled clients, gossip's active nodes.
+    """
+    if k >= n:
+        return torch.arange(n)
+    return torch.randperm(n, generator=streams.generator(purpose, round=round))[:k].sort().values

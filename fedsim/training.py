@@ -10,6 +10,7 @@ Both draw identical mini-batches from the counter-based ``batch`` stream.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -26,12 +27,18 @@ from fedsim.state import ParamSpec
 
 @dataclass(frozen=True)
 class ClientData:
-    """All clients' training data: one sample pool plus each client's padded index list."""
+    """Clients' training data: one sample pool plus each client's padded index list (one row per client).
+
+    ``ids`` are the global client ids of the rows (None: row r is client r). Random streams are keyed by the
+    id, never by the row, so a node that holds only its own partition (``ClientData.own``) draws exactly the
+    mini-batches it draws as one row of the whole population.
+    """
 
     x: torch.Tensor       # [M, ...] float
     y: torch.Tensor       # [M] int64
-    index: torch.Tensor   # [n_clients, max_len] int64 into the pool (padded)
-    counts: torch.Tensor  # [n_clients] int64, >= 1
+    index: torch.Tensor   # [n_rows, max_len] int64 into the pool (padded)
+    counts: torch.Tensor  # [n_rows] int64, >= 1
+    ids: torch.Tensor | None = None   # [n_rows] int64 global client ids (None: the row index)
 
     @staticmethod
     def from_parts(x: np.ndarray, y: np.ndarray, parts: list[np.ndarray],
@@ -48,18 +55,28 @@ class ClientData:
                           torch.as_tensor(index, device=device),
                           torch.as_tensor([len(p) for p in parts], dtype=torch.int64, device=device))
 
+    @staticmethod
+    def own(x: np.ndarray, y: np.ndarray, client: int, device: str | torch.device = "cpu") -> "ClientData":
+        """One client's data alone (its samples ``x``, ``y``) as a one-row ``ClientData`` with global id ``client``."""
+        data = ClientData.from_parts(x, y, [np.arange(len(y))], device=device)
+        return dataclasses.replace(data, ids=torch.tensor([int(client)], dtype=torch.int64, device=data.index.device))
+
     @property
     def n_clients(self) -> int:
         return self.index.shape[0]
 
+    def client_ids(self, rows: torch.Tensor) -> torch.Tensor:
+        """The global client ids of ``rows``."""
+        return rows if self.ids is None else self.ids[rows]
+
     def batch_indices(self, streams: Streams, clients: torch.Tensor, round: int, steps: int,
                       batch_size: int) -> torch.Tensor:
-        """Pool indices of every client's mini-batches this round, ``[len(clients), steps, batch_size]``.
+        """Pool indices of the mini-batches of the rows ``clients`` this round, ``[len(clients), steps, batch_size]``.
 
-        Each client samples uniformly with replacement from its own data, from its ``batch`` stream.
+        Each client samples uniformly with replacement from its own data, from the ``batch`` stream of its id.
         """
         clients = clients.to(self.index.device)
-        local = streams.randint("batch", clients, round, self.counts[clients], (steps, batch_size))
+        local = streams.randint("batch", self.client_ids(clients), round, self.counts[clients], (steps, batch_size))
         return torch.gather(self.index[clients], 1, local.reshape(len(clients), -1)).reshape(local.shape)
 
 
@@ -118,7 +135,8 @@ class LocalSGD:
 
     def train(self, params: torch.Tensor, clients: torch.Tensor, round: int, data: ClientData,
               streams: Streams, momentum: torch.Tensor | None = None) -> Trained:
-        """Batched local training of ``clients`` from ``params`` [m, P] (and momentum buffers [m, P])."""
+        """Batched local training of the rows ``clients`` of ``data`` from ``params`` [m, P] (and momentum
+        buffers [m, P]); random streams follow the rows' client ids (``ClientData.client_ids``)."""
         n_clients = len(clients)
         losses = torch.zeros(n_clients, dtype=params.dtype, device=params.device)
         if self.steps == 0 or n_clients == 0:
@@ -210,7 +228,7 @@ class LocalSGD:
             idx = data.batch_indices(streams, torch.tensor([client]), round, self.steps, self.batch_size)[0]
             # dropout (or any other torch randomness in the model) draws from the (client, round) stream; only
             # the generator in use is reseeded (torch.manual_seed would also reseed every CUDA device)
-            key = streams.key("dropout", client, round)
+            key = streams.key("dropout", int(data.client_ids(torch.tensor([client]))[0]), round)
             if params.device.type == "cuda":
                 torch.cuda.default_generators[params.device.index or torch.cuda.current_device()].manual_seed(key)
             else:
@@ -230,6 +248,14 @@ class LocalSGD:
             out[r] = torch.nn.utils.parameters_to_vector(model.parameters()).detach()
             if buffers is not None:
                 buffers[r] = torch.cat([opt.state[p]["momentum_buffer"].flatten() for p in model.parameters()])
+
+
+def local_step(trainer: LocalSGD, start: torch.Tensor, rows: torch.Tensor, round: int, data: ClientData,
+               streams: Streams, momentum: torch.Tensor | None = None, vectorized: bool = True) -> Trained:
+    """The rows ``rows`` of ``data`` train from ``start`` [m, P]: batched (``LocalSGD.train``) or the per-client
+    loop (``LocalSGD.train_loop``). The node step that FedAvg and gossip share."""
+    train = trainer.train if vectorized else trainer.train_loop
+    return train(start, rows, round, data, streams, momentum=momentum)
 
 
 def check_momentum_has_effect(trainer: LocalSGD, keep_momentum: bool) -> None:

@@ -292,7 +292,7 @@ def test_run_mnist_config(capsys, tmp_path, monkeypatch, require_data):
 def test_quickstart_runs_three_configs(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     out_dir = tmp_path / "qs"
-    code, out, err = cli(capsys, "quickstart", "--rounds", 2, "--out", out_dir, "--no-progress")
+    code, out, err = cli(capsys, "quickstart", "--parts", "none", "--rounds", 2, "--out", out_dir, "--no-progress")
     assert code == 0, err
     table = (out_dir / "summary.txt").read_text()
     assert table.strip() in out

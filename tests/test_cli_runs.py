@@ -362,19 +362,19 @@ def test_resume_without_a_checkpoint_refuses_another_runs_folder(capsys, run_dir
 def test_quickstart_reruns_its_own_runs_and_refuses_a_different_one(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     qs = tmp_path / "results" / "quickstart"
-    assert cli(capsys, "quickstart", "--rounds", 1, "--no-progress")[0] == 0
-    code, _, err = cli(capsys, "quickstart", "--rounds", 2, "--no-progress")  # README command 1, again
+    assert cli(capsys, "quickstart", "--parts", "none", "--rounds", 1, "--no-progress")[0] == 0
+    code, _, err = cli(capsys, "quickstart", "--parts", "none", "--rounds", 2, "--no-progress")  # README command 1, again
     assert code == 0, err
     assert len(strict_json((qs / "gossip-ring" / "history.json").read_text())["history"]) == 2
 
     before = snapshot(qs)
-    code, out, err = cli(capsys, "quickstart", "--rounds", 1, "--no-progress", "--set", "algorithm.lr=0.05")
+    code, out, err = cli(capsys, "quickstart", "--parts", "none", "--rounds", 1, "--no-progress", "--set", "algorithm.lr=0.05")
     assert code == 2 and out == ""
     assert_one_error_line(err, str(Path("results", "quickstart", "fedavg")), "algorithm.lr: 0.1 -> 0.05",
                           "--overwrite")
     assert snapshot(qs) == before  # no run replaced, not even the first
 
-    code, _, err = cli(capsys, "quickstart", "--rounds", 1, "--no-progress", "--set", "algorithm.lr=0.05",
+    code, _, err = cli(capsys, "quickstart", "--parts", "none", "--rounds", 1, "--no-progress", "--set", "algorithm.lr=0.05",
                        "--overwrite")
     assert code == 0, err
     for run in ("fedavg", "gossip-ring", "gossip-regular-dirichlet"):
@@ -384,7 +384,7 @@ def test_quickstart_reruns_its_own_runs_and_refuses_a_different_one(capsys, tmp_
     last = qs / "gossip-regular-dirichlet" / "config.toml"
     last.write_text(last.read_text().replace("seed = 0", "seed = 7"))
     before = snapshot(qs)
-    code, _, err = cli(capsys, "quickstart", "--rounds", 1, "--no-progress", "--set", "algorithm.lr=0.05")
+    code, _, err = cli(capsys, "quickstart", "--parts", "none", "--rounds", 1, "--no-progress", "--set", "algorithm.lr=0.05")
     assert code == 2
     assert_one_error_line(err, "gossip-regular-dirichlet", "seed: 7 -> 0")
     assert snapshot(qs) == before
@@ -392,7 +392,7 @@ def test_quickstart_reruns_its_own_runs_and_refuses_a_different_one(capsys, tmp_
 
 def test_quickstart_refuses_a_single_runs_folder(capsys, run_dir):
     before = snapshot(run_dir)
-    code, _, err = cli(capsys, "quickstart", "--rounds", 1, "--no-progress", "--out", run_dir)
+    code, _, err = cli(capsys, "quickstart", "--parts", "none", "--rounds", 1, "--no-progress", "--out", run_dir)
     assert code == 2
     assert_one_error_line(err, str(run_dir), "single run", "--overwrite")
     assert snapshot(run_dir) == before

@@ -68,15 +68,20 @@ def test_notebook_is_clean_nbformat4(path):
         if kind == "code":
             assert cell.get("outputs") == [], f"{where}: stored outputs"
             assert "execution_count" in cell and cell["execution_count"] is None, f"{where}: execution_count"
-        if "id" in cell:   # required from nbformat 4.5 on; convergence.ipynb predates that (Jupyter adds them)
-            assert isinstance(cell["id"], str) and CELL_ID.match(cell["id"]), f"{where}: id {cell.get('id')!r}"
-            ids.append(cell["id"])
+        # required from nbformat 4.5 on (without them nbformat warns: MissingIDFieldWarning)
+        assert isinstance(cell.get("id"), str) and CELL_ID.match(cell["id"]), f"{where}: id {cell.get('id')!r}"
+        ids.append(cell["id"])
     assert len(ids) == len(set(ids)), f"{path.name}: duplicate cell ids"
+    assert (nb["nbformat"], nb["nbformat_minor"]) >= (4, 5), f"{path.name}: cell ids need nbformat 4.5"
     try:
         import nbformat
     except ImportError:
         return
-    nbformat.validate(nbformat.reads(path.read_text(encoding="utf-8"), as_version=4))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                 # MissingIDFieldWarning and friends fail the test
+        nbformat.validate(nbformat.reads(path.read_text(encoding="utf-8"), as_version=4))
 
 
 @pytest.mark.parametrize("path", sorted(NOTEBOOKS.glob("*.ipynb")), ids=lambda p: p.name)

@@ -5,7 +5,7 @@ Generators are plain functions ``(n, ..., seed) -> networkx.Graph`` with nodes 0
 functions return ``scipy.sparse.csr_array`` W with ``x_new = W @ x``.
 """
 
-from topologies.drawing import draw
+from topologies.drawing import DRAW_MAX, draw, drawing_figure
 from topologies.errors import (
     DisconnectedGraphError,
     InvalidTopologyParameterError,

@@ -7,10 +7,12 @@ from typing import Callable
 
 import torch
 
+from fedsim import rng
 from fedsim.messages import SERVER, Messages
 from fedsim.metrics import weight_var_ratio
 from fedsim.state import ParamSpec, init_population, xavier_variance
-from fedsim.training import LocalSGD, check_momentum_has_effect
+from fedsim.rng import Streams
+from fedsim.training import ClientData, LocalSGD, Trained, check_momentum_has_effect, local_step
 
 
 @dataclass(frozen=True)
@@ -30,10 +32,20 @@ def aggregate(payload: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
 
 def sample_clients(fed, round: int, k: int) -> torch.Tensor:
     """``k`` distinct clients, sorted, from the ``sample`` stream of this round (all clients if k = n)."""
-    n = fed.data.n_clients
-    if k >= n:
-        return torch.arange(n)
-    return torch.randperm(n, generator=fed.streams.generator("sample", round=round))[:k].sort().values
+    return rng.sample_clients(fed.streams, round, fed.data.n_clients, k)
+
+
+def client_step(trainer: LocalSGD, start: torch.Tensor, rows: torch.Tensor, round: int, data: ClientData,
+                streams: Streams, momentum: torch.Tensor | None = None, vectorized: bool = True) -> Trained:
+    """The node step: the clients at ``rows`` of ``data`` train from the model(s) ``start`` [m, P] that reached
+    them; returns their uploads (``Trained``). A Flower node calls it with its own one-row ``ClientData``."""
+    return local_step(trainer, start, rows, round, data, streams, momentum, vectorized)
+
+
+def server_step(payload: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """The server step: the new global model from the uploads that arrived, ``payload`` [m, P] in client-id
+    order, and their ``weights`` [m] (sample counts or ones)."""
+    return aggregate(payload, weights)
 
 
 @dataclass(frozen=True)
@@ -71,8 +83,8 @@ class FedAvg:
         _, clients, start = down.arrived()
         clients = clients.to(fed.device)
         kept = None if state.momentum is None else state.momentum[clients]
-        train = self.trainer.train if self.vectorized else self.trainer.train_loop
-        local, losses, buffers = train(start.to(fed.device), clients, t, fed.data, fed.streams, momentum=kept)
+        local, losses, buffers = client_step(self.trainer, start.to(fed.device), clients, t, fed.data, fed.streams,
+                                             kept, self.vectorized)
         momentum = state.momentum if kept is None else state.momentum.index_copy(0, clients, buffers)
         up = send(Messages.make(t, "uplink", clients, local, torch.arange(len(clients)),
                                 torch.full((len(clients),), SERVER)))
@@ -83,7 +95,7 @@ class FedAvg:
             return FedAvgState(state.params, momentum), metrics
         senders = senders.to(fed.device)
         weights = fed.data.counts[senders] if self.weighted else torch.ones(len(senders), device=fed.device)
-        return FedAvgState(aggregate(payload.to(fed.device), weights), momentum), metrics
+        return FedAvgState(server_step(payload.to(fed.device), weights), momentum), metrics
 
     def diagnostics(self, state: FedAvgState) -> dict[str, float]:
         """The global model's weight variance relative to the Xavier value (``fedsim.metrics``)."""

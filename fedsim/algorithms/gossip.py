@@ -25,10 +25,11 @@ import torch
 
 from fedsim.averaging import Averaging, Inbox, average_inbox, average_node, corrected_slices, tensor_variances
 from fedsim.messages import Messages
-from fedsim.mixing import SparseW
+from fedsim.mixing import SparseW, combine
 from fedsim.metrics import weight_var_ratio
+from fedsim.rng import sample_clients
 from fedsim.state import ParamSpec, init_population, xavier_variance
-from fedsim.training import LocalSGD, check_momentum_has_effect
+from fedsim.training import LocalSGD, check_momentum_has_effect, local_step
 
 
 @dataclass(frozen=True)
@@ -112,16 +113,15 @@ class Gossip:
         if everyone:
             active = torch.arange(n, device=fed.device)
         else:
-            k = max(1, round(self.active_fraction * n))
-            g = fed.streams.generator("active", round=t)
-            active = torch.randperm(n, generator=g)[:k].sort().values.to(fed.device)
+            active = sample_clients(fed.streams, t, n, max(1, round(self.active_fraction * n)), "active")
+            active = active.to(fed.device)
         push_sum = fed.schedule.directed
         z = state.models if push_sum else state.x
         z_active = z if everyone else z[active]
         kept = state.momentum
         buf_active = None if kept is None else (kept if everyone else kept[active])
-        train = self.trainer.train if self.vectorized else self.trainer.train_loop
-        z_new, losses, buf_new = train(z_active, active, t, fed.data, fed.streams, momentum=buf_active)
+        z_new, losses, buf_new = local_step(self.trainer, z_active, active, t, fed.data, fed.streams, buf_active,
+                                            self.vectorized)
         if push_sum:  # x = w z, so a change of z_i moves x_i by w_i times as much
             x = state.x.clone()
             x[active] += (z_new - z_active) * state.w[active, None]
@@ -169,7 +169,7 @@ class Gossip:
             out = x.clone()
             for i in range(len(x)):
                 mine = rows[receivers == i]
-                out[i] = average_node(x[i], payload[mine.to(payload.device)], self.averaging, spec)
+                out[i] = neighbourhood_step(x[i], payload[mine.to(payload.device)], self.averaging, spec)
             return out
         slices = corrected_slices(spec, self.averaging.tensors) if self.averaging.corrects else []
         variances = tensor_variances(payload, slices, self.averaging.unbiased)
@@ -183,6 +183,17 @@ class Gossip:
 
     def models(self, state: GossipState) -> dict[str, torch.Tensor]:
         return evaluation_rows(state.models, self.eval_nodes)
+
+
+def neighbourhood_step(own: torch.Tensor, received: torch.Tensor, averaging: Averaging, spec: ParamSpec,
+                       own_weight: torch.Tensor | None = None, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """One node's combine step from its own model ``own`` [P] and the models that reached it, ``received`` [k, P]
+    in ``SparseW.edges()`` order: plain mixing with its ``own_weight`` and the senders' ``weights`` (``SparseW.inbox``;
+    ``mixing.combine``), or the ``beta`` / ``variance_corrected`` rule (``averaging.average_node``). The engine's
+    per-node path and a Flower gossip node both call it."""
+    if averaging.rule == "plain":
+        return combine(own_weight, own, weights, received)
+    return average_node(own, received, averaging, spec)
 
 
 def population_diagnostics(z: torch.Tensor, model, init_scheme: str) -> dict[str, float]:

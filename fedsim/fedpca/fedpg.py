@@ -86,6 +86,7 @@ from fedsim.fedpca.grassmann import (
 )
 from fedsim.fedpca.problem import PCAClients, check_k, objective
 from fedsim.messages import SERVER, Messages
+from fedsim import rng
 from fedsim.rng import Streams
 
 VARIANTS = ("clean", "paper")
@@ -203,10 +204,21 @@ def round_half_up(x: float) -> int:
 
 def sample_clients(streams: Streams, round: int, n: int, fraction: float) -> torch.Tensor:
     """max(1, round(fraction * n)) distinct clients, sorted, from the ``sample`` stream of the round."""
-    k = max(1, min(n, round_half_up(fraction * n)))
-    if k == n:
-        return torch.arange(n)
-    return torch.randperm(n, generator=streams.generator("sample", round=round))[:k].sort().values
+    return rng.sample_clients(streams, round, n, max(1, min(n, round_half_up(fraction * n))))
+
+
+def linearized_client_step(CZ: torch.Tensor, Z: torch.Tensor, U: torch.Tensor, Y: torch.Tensor, seen: torch.Tensor,
+                           rho: torch.Tensor, n_total) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The node step of linearized FedPG for m clients (pure): from C_i Z ``CZ`` [m, d, k] and the Z that reached
+    them ``Z`` [m, d, k], their last ``U``, ``Y`` [m, d, k], whether they took part before ``seen`` [m], their
+    penalties ``rho`` [m] and the total sample count ``n_total``: the dual update Y_i <- Y_i + rho_i (U_i - Z) (if
+    seen), U_i = Z + (2 C_i Z / n - Y_i) / rho_i, and the upload [rho_i U_i + Y_i, rho_i] [m, d*k + 1].
+    Returns (U, Y, upload). A Flower node calls it for itself (m = 1)."""
+    m, d, k = Z.shape
+    rho = rho[:, None, None]
+    Y = Y + torch.where(seen[:, None, None], rho * (U - Z), torch.zeros_like(Z))
+    U = Z + (2.0 * (CZ / n_total) - Y) / rho
+    return U, Y, torch.cat([(rho * U + Y).reshape(m, d * k), rho.reshape(-1, 1)], dim=1)
 
 
 SOLVERS = ("linearized", "riemannian")
@@ -265,6 +277,7 @@ class FedPG:
     momentum: str = "auto"
     lambda_next: float | None = None
     tol: float = 0.0
+    vectorized: bool = True   # linearized solver: False runs each client's node step alone (the Flower node's path)
 
     def __post_init__(self):
         for name, value, known in (("variant", self.variant, VARIANTS), ("method", self.method, METHODS),
@@ -430,10 +443,15 @@ class FedPG:
         weighted objective w_i f_i, computed by each client from its own statistics; ``rho`` given: rho n_i / n
         (the Riemannian schedule's penalty on the unweighted f_i). Never 0 (a client without signal gets 1e-12
         times the largest)."""
-        total = clients.n.sum()
+        return self.penalties(torch.linalg.eigvalsh(clients.C)[:, -1], clients.n)
+
+    def penalties(self, lam_max: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+        """``client_penalties`` from each client's largest eigenvalue of C_i ``lam_max`` [N] and count ``n`` [N]
+        (what a Flower node reports about its own data)."""
+        total = n.sum()
         if self.rho is not None:
-            return self.rho * clients.n / total
-        rho = 2.0 * torch.linalg.eigvalsh(clients.C)[:, -1].clamp(min=0) / total
+            return self.rho * n / total
+        rho = 2.0 * lam_max.clamp(min=0) / total
         return rho.clamp(min=1e-12 * float(rho.max()) if float(rho.max()) > 0 else 1e-300)
 
     def _init_linearized(self, fed: PCAFederation) -> LinearizedState:
@@ -460,7 +478,7 @@ class FedPG:
         (rho_i U_i + Y_i - rho_i Z) / 2 (= C_i Z / n: the duals cancel), keeps the last one of every client and takes
         ``power.power_z_step`` on their sum.
         """
-        from fedsim.fedpca.power import client_products, power_z_step
+        from fedsim.fedpca.power import client_products
 
         clients = fed.clients
         N, d, k = clients.n_clients, clients.d, self.k
@@ -471,22 +489,41 @@ class FedPG:
         down = send(Messages.make(t, "downlink", [SERVER], state.Z.reshape(1, -1), torch.zeros(len(S)), S))
         _, got, Z_rows = down.arrived()       # each client uses the Z that reached it
         got = got.to(dev)
-        Z_got = Z_rows.reshape(len(got), d, k).to(state.Z)
-        rho = state.rho[got][:, None, None]
-        seen = state.seen[got][:, None, None]
-        Y = state.Y[got] + torch.where(seen, rho * (state.U[got] - Z_got), torch.zeros_like(Z_got))
-        CZ = client_products(clients.C, got, Z_rows, down.payload.shape[0] == 1, d, k) / clients.n.sum()
-        U = Z_got + (2.0 * CZ - Y) / rho
-        payload = torch.cat([(rho * U + Y).reshape(len(got), d * k), rho.reshape(-1, 1)], dim=1)
+        n_total = clients.n.sum()
+        if self.vectorized:
+            CZ = client_products(clients.C, got, Z_rows, down.payload.shape[0] == 1, d, k)
+            U, Y, payload = linearized_client_step(CZ, Z_rows.reshape(len(got), d, k).to(state.Z), state.U[got],
+                                                   state.Y[got], state.seen[got], state.rho[got], n_total)
+        else:   # the per-client path: each client's node step alone, as a Flower node runs it
+            steps = [linearized_client_step(torch.bmm(clients.C[c][None], Z_rows[r].reshape(1, d, k).to(state.Z)),
+                                            Z_rows[r].reshape(1, d, k).to(state.Z), state.U[c][None], state.Y[c][None],
+                                            state.seen[c][None], state.rho[c][None], n_total)
+                     for r, c in enumerate(got.tolist())]
+            if steps:
+                U, Y, payload = (torch.cat(parts) for parts in zip(*steps))
+            else:
+                U, Y, payload = state.U[:0], state.Y[:0], state.U.new_zeros(0, d * k + 1)
         up = send(Messages.make(t, "uplink", got, payload, torch.arange(len(got)), torch.full((len(got),), SERVER)))
         senders, _, arrived = up.arrived()
-        senders = senders.to(dev)
         new_U = state.U.index_copy(0, got, U)
         new_Y = state.Y.index_copy(0, got, Y)
         seen_all = state.seen.clone()
         seen_all[got] = True
+        state = dataclasses.replace(state, U=new_U, Y=new_Y, seen=seen_all)
+        return self.server_step(state, senders.to(dev), arrived)
+
+    def server_step(self, state: LinearizedState, senders: torch.Tensor, arrived: torch.Tensor):
+        """The server's part of a linearized round (pure): from the uploads ``arrived`` [m, d*k + 1] of the clients
+        ``senders`` [m] (in client-id order), remove the known shift, keep each client's last contribution and take
+        ``power.power_z_step`` on their sum. Reads and writes only the server's fields of ``state`` (Z, Z_scaled,
+        Z_prev, G_prev, lam_next, H, has, prev_fresh, stopped); a Flower ServerApp calls it with its own state.
+        Returns (state, metrics)."""
+        from fedsim.fedpca.power import power_z_step
+
+        N, d, k = state.H.shape
+        dev = state.Z.device
         if len(senders) == 0:
-            return dataclasses.replace(state, U=new_U, Y=new_Y, seen=seen_all), {"participants": 0}
+            return state, {"participants": 0}
         arrived = arrived.to(state.Z)
         M = arrived[:, :d * k].reshape(-1, d, k)
         H_new = 0.5 * (M - arrived[:, d * k:, None] * state.Z)    # the server removes the shift it knows
@@ -499,9 +536,9 @@ class FedPG:
             state.Z, state.Z_scaled, state.Z_prev, state.G_prev, float(state.lam_next), G, k=k, fresh=fresh,
             prev_fresh=bool(state.prev_fresh), accelerate=self.momentum == "auto", lambda_next=self.lambda_next)
         stop = self.tol > 0 and metrics["angle_estimate"] < self.tol
-        new = LinearizedState(Z, Z_scaled, state.Z, G, torch.tensor(lam, dtype=Z.dtype, device=dev), H, has,
-                              torch.tensor(fresh, device=dev), torch.tensor(stop, device=dev), new_U, new_Y,
-                              state.rho, seen_all)
+        new = dataclasses.replace(state, Z=Z, Z_scaled=Z_scaled, Z_prev=state.Z, G_prev=G,
+                                  lam_next=torch.tensor(lam, dtype=Z.dtype, device=dev), H=H, has=has,
+                                  prev_fresh=torch.tensor(fresh, device=dev), stopped=torch.tensor(stop, device=dev))
         return new, {"participants": len(senders), **metrics}
 
     # -- evaluation ------------------------------------------------------------------------------------

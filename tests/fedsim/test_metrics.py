@@ -128,7 +128,8 @@ def _titles(fig):
 def test_diagnostics_figure_draws_one_panel_per_recorded_metric():
     titles = dict(DIAGNOSTIC_PANELS)
     fig = diagnostics_figure({"gossip": _gossip_history(), "fedavg": _fedavg_history()})
-    assert _titles(fig) == [titles[p] for p in ("accuracy", "weight_var", "consensus", "bytes")]
+    banded = titles["accuracy"] + " (line: node mean, band: min-max over nodes)"
+    assert _titles(fig) == [banded, *(titles[p] for p in ("weight_var", "consensus", "bytes"))]
     acc, var, cons, sent = fig.axes
     assert len(acc.collections) == 1  # the gossip min-max band; FedAvg records no per-node spread
     assert [line.get_label() for line in acc.lines] == ["gossip: nodes_acc", "fedavg: global_acc"]
@@ -142,7 +143,7 @@ def test_diagnostics_figure_draws_one_panel_per_recorded_metric():
     assert {ax.get_xlabel() for ax in fig.axes} == {"round"}
 
     fedavg_only = diagnostics_figure([_fedavg_history()])
-    assert _titles(fedavg_only) == [titles["accuracy"], titles["bytes"]]
+    assert _titles(fedavg_only) == [titles["accuracy"], titles["bytes"]]   # no band drawn: none promised
     assert diagnostic_panels(Result([{"round": 1, "consensus": 0.0}])) == ["consensus"]
     # a consensus of exactly zero (one shared model, no training) cannot go on a log axis
     assert diagnostics_figure(Result([{"round": 1, "consensus": 0.0}])).axes[0].get_yscale() == "linear"
