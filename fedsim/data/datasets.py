@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import math
 import os
 import zlib
@@ -30,6 +31,11 @@ __all__ = [
 MNIST_MIRROR = "https://ossci-datasets.s3.amazonaws.com/mnist/"
 _MNIST_IMAGES = "t10k-images-idx3-ubyte"
 _MNIST_LABELS = "t10k-labels-idx1-ubyte"
+# sha256 of the decompressed IDX bytes (the canonical test set; independent of how the .gz was compressed)
+_MNIST_CONTENT_SHA256 = {
+    _MNIST_IMAGES: "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+    _MNIST_LABELS: "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+}
 _IDX_UBYTE_3D = 0x00000803
 _IDX_UBYTE_1D = 0x00000801
 
@@ -236,7 +242,21 @@ def _find_or_fetch(folder: Path, stems: tuple[str, ...], allow_download: bool) -
             found[stem] = download(url, folder / f"{stem}.gz")
         except DataNotFoundError as exc:
             raise not_found(f"download failed: {url} ({short_reason(exc)})") from exc
+        _check_download(found[stem], url, _MNIST_CONTENT_SHA256[stem])
     return [found[stem] for stem in stems]
+
+
+def _check_download(path: Path, url: str, content_sha256: str) -> None:
+    """A downloaded .gz must hold the canonical content; otherwise it is removed and MalformedDataError raised."""
+    try:
+        with gzip.open(path, "rb") as fh:
+            digest = hashlib.sha256(fh.read()).hexdigest()
+    except (OSError, EOFError, zlib.error):
+        digest = "not a gzip file"
+    if digest != content_sha256:
+        path.unlink(missing_ok=True)
+        raise MalformedDataError(f"{url}: the downloaded file does not hold the MNIST test set (content sha256 "
+                                 f"{digest[:16]}..., expected {content_sha256[:16]}...); it was removed")
 
 
 def _read_idx(path: Path, magic: int) -> np.ndarray:

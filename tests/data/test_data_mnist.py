@@ -150,3 +150,19 @@ def test_missing_files_are_downloaded_from_mirror(tmp_path, monkeypatch, shared_
     assert (tmp_path / "mnist" / (IMAGES + ".gz")).is_file()
     assert (tmp_path / "mnist" / (LABELS + ".gz")).is_file()
     assert np.array_equal(ds.y, mnist.y)
+
+
+def test_a_download_with_other_content_is_rejected_and_removed(tmp_path, monkeypatch):
+    """The mirror serves valid gzip'd IDX files of the wrong content: the checksum refuses them."""
+    import gzip
+
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    images = (0x803).to_bytes(4, "big") + b"".join(n.to_bytes(4, "big") for n in (2, 28, 28)) + bytes(2 * 784)
+    labels = (0x801).to_bytes(4, "big") + (2).to_bytes(4, "big") + bytes([3, 4])
+    (mirror / (IMAGES + ".gz")).write_bytes(gzip.compress(images))
+    (mirror / (LABELS + ".gz")).write_bytes(gzip.compress(labels))
+    monkeypatch.setattr(datasets_module, "MNIST_MIRROR", mirror.as_uri() + "/")
+    with pytest.raises(MalformedDataError, match="does not hold the MNIST test set.*removed"):
+        load_mnist_test(tmp_path / "data")
+    assert not (tmp_path / "data" / "mnist" / (IMAGES + ".gz")).exists()
