@@ -9,12 +9,13 @@ from __future__ import annotations
 import csv
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
 import torch
 
+from fedsim.derived import Derived
 from fedsim.files import atomic_write_text  # noqa: F401  (re-exported: experiments import it from here)
 from fedsim.messages import ByteCounter, Messages
 from fedsim.metrics import node_accuracy_summary
@@ -42,6 +43,7 @@ class Federation:
     schedule: Schedule | None = None
     device: torch.device = torch.device("cpu")
     dtype: torch.dtype = torch.float32
+    derived: Derived = field(default_factory=Derived, compare=False, repr=False)   # e.g. sparse mixing matrices
 
 
 @dataclass

@@ -25,7 +25,7 @@ included, so a run checkpoints and resumes bit for bit.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, ClassVar
 
 import torch
@@ -103,7 +103,6 @@ class AsyncGossip:
     eval_nodes: int = 10
     vectorized: bool = True
     in_place: bool = False
-    _cache: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self):
         lo, hi = self.interval
@@ -113,13 +112,11 @@ class AsyncGossip:
             raise ValueError(f"need delay >= 0, 0 <= churn < 1 and 1 <= churn_ticks low <= high; got {self.delay}, "
                              f"{self.churn}, {self.churn_ticks}")
 
-    def _slices(self) -> list[slice]:
-        hit = self._cache.get("slices")
-        if hit is None:
-            spec = ParamSpec.of(self.trainer.model)
-            hit = self._cache["slices"] = corrected_slices(spec, self.averaging.tensors) if self.averaging.corrects \
-                else []
-        return hit
+    def _slices(self, fed) -> list[slice]:
+        """The tensors the correction rescales (none for the other rules), derived once per model."""
+        model = self.trainer.model
+        return fed.derived.get(("corrected slices", self.averaging.tensors), model, lambda: corrected_slices(
+            ParamSpec.of(model), self.averaging.tensors)) if self.averaging.corrects else []
 
     def init(self, fed) -> AsyncGossipState:
         if fed.schedule is None or fed.schedule.directed:
@@ -127,7 +124,7 @@ class AsyncGossip:
         n, dev, dt = fed.data.n_clients, fed.device, fed.dtype
         x = init_population(self.trainer.model, torch.arange(n), fed.streams, shared=self.same_init, dtype=dt,
                             device=dev, init=self.init_scheme)
-        p, L = x.shape[1], len(self._slices())
+        p, L = x.shape[1], len(self._slices(fed))
         inbox = Inbox.empty(n, p, L, dt, dev)
         zeros = torch.zeros(n, dtype=torch.int64, device=dev)
         none = torch.zeros(0, dtype=torch.int64, device=dev)
@@ -136,14 +133,16 @@ class AsyncGossip:
                                 x.new_zeros(0, p), none, none.clone(), none.clone(), x.new_zeros(0))
 
     def _mixing(self, fed, t: int) -> "_Topology":
+        """The tick's graph: its ``SparseW`` and edge lists, built once per matrix (kept in ``fed.derived``)."""
         W = fed.schedule.at(t)
-        hit = self._cache.get("W")
-        if hit is None or hit[0] is not W:
+
+        def build() -> _Topology:
             sw = SparseW.from_scipy(W, device=fed.device, dtype=fed.dtype)
             senders, receivers = sw.edges()
-            hit = self._cache["W"] = (W, _Topology(sw, senders, receivers, sw.vals[sw.off],
-                                                   torch.bincount(receivers, minlength=sw.n), sw.vals[sw.diag_pos]))
-        return hit[1]
+            return _Topology(sw, senders, receivers, sw.vals[sw.off], torch.bincount(receivers, minlength=sw.n),
+                             sw.vals[sw.diag_pos])
+
+        return fed.derived.get("async topology", W, build)
 
     def round(self, state: AsyncGossipState, t: int, fed, send: Callable[[Messages], Messages]):
         n, dev = fed.data.n_clients, fed.device
@@ -157,7 +156,7 @@ class AsyncGossip:
             ticks = fed.streams.randint("churn_ticks", nodes, t, hi - lo + 1).to(dev) + lo
             offline_until = torch.where(going, t + ticks, offline_until)
         online = offline_until <= t
-        slices = self._slices()
+        slices = self._slices(fed)
         new = _Writable(self.in_place, x=state.x, momentum=state.momentum, next_train=state.next_train,
                         total=state.inbox_total, weight=state.inbox_weight, count=state.inbox_count,
                         variance=state.inbox_variance)

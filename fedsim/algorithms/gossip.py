@@ -18,7 +18,7 @@ long-lived optimiser); ``keep_momentum=False`` restarts them every round.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -72,7 +72,6 @@ class Gossip:
     averaging: Averaging = Averaging()
     init_scheme: str = "default"
     delay: int = 0
-    _cache: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self):
         check_momentum_has_effect(self.trainer, self.keep_momentum)
@@ -99,13 +98,10 @@ class Gossip:
         return GossipState(x, torch.ones(n, dtype=fed.dtype, device=fed.device), buffers, *flight)
 
     def _mixing(self, fed, t: int) -> SparseW:
+        """The round's mixing matrix as a ``SparseW``, converted once per matrix (kept in ``fed.derived``)."""
         W = fed.schedule.at(t)
-        hit = self._cache.get("W")
-        if hit is not None and hit[0] is W:
-            return hit[1]
-        sw = SparseW.from_scipy(W, directed=fed.schedule.directed, device=fed.device, dtype=fed.dtype)
-        self._cache["W"] = (W, sw)
-        return sw
+        return fed.derived.get("sparse W", W, lambda: SparseW.from_scipy(W, directed=fed.schedule.directed,
+                                                                         device=fed.device, dtype=fed.dtype))
 
     def round(self, state: GossipState, t: int, fed, send: Callable[[Messages], Messages]):
         n = fed.data.n_clients

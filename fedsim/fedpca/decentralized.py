@@ -23,7 +23,7 @@ method converges at the accelerated power method's rate times the gossip steps p
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -69,7 +69,6 @@ class DecentralizedFedPG:
     gossip_steps: int | None = None
     mix_tol: float = 0.005
     oversample: int | None = None
-    _cache: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self):
         if self.solver not in ("", *SOLVERS):
@@ -98,15 +97,11 @@ class DecentralizedFedPG:
 
     @property
     def tracking(self):
-        """The ``power.DecentralizedPower`` this algorithm runs with the tracking solver (one per instance)."""
-        hit = self._cache.get("tracking")
-        if hit is None:
-            from fedsim.fedpca.power import DecentralizedPower
+        """The ``power.DecentralizedPower`` this algorithm runs with the tracking solver."""
+        from fedsim.fedpca.power import DecentralizedPower
 
-            hit = self._cache["tracking"] = DecentralizedPower(self.k, momentum=self.momentum,
-                                                               gossip_steps=self.gossip_steps, mix_tol=self.mix_tol,
-                                                               oversample=self.oversample)
-        return hit
+        return DecentralizedPower(self.k, momentum=self.momentum, gossip_steps=self.gossip_steps,
+                                  mix_tol=self.mix_tol, oversample=self.oversample)
 
     @property
     def name(self) -> str:
@@ -129,11 +124,11 @@ class DecentralizedFedPG:
         return DecentralizedState(U, torch.zeros_like(U), received, degree)
 
     def _graph(self, fed: PCAFederation, t: int) -> SparseW:
+        """The round's mixing matrix as a ``SparseW``, converted once per matrix (kept in ``fed.derived``)."""
         W = fed.schedule.at(t)
-        hit = self._cache.get("W")
-        if hit is None or hit[0] is not W:
-            self._cache["W"] = (W, SparseW.from_scipy(W, device=fed.clients.C.device, dtype=fed.clients.C.dtype))
-        return self._cache["W"][1]
+        C = fed.clients.C
+        return fed.derived.get(("pca sparse W", C.dtype, C.device), W,
+                               lambda: SparseW.from_scipy(W, device=C.device, dtype=C.dtype))
 
     def _neighbour_sum(self, W: SparseW, delivered: torch.Tensor, U: torch.Tensor,
                        received: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:

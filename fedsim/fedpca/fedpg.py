@@ -71,11 +71,12 @@ Z0^T Z0 in the paper variant, 0 in the clean one). Z is orthonormalized (polar) 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 
+from fedsim.derived import Derived
 from fedsim.fedpca.grassmann import (
     cholesky_qr_retract,
     largest_principal_angle,
@@ -117,6 +118,7 @@ class PCAFederation:
     reference: torch.Tensor | None = None   # e.g. the pooled top-k eigenspace, for the angle metric
     schedule: object = None                 # topology schedule (decentralized variant)
     device: torch.device = torch.device("cpu")
+    derived: Derived = field(default_factory=Derived, compare=False, repr=False)   # e.g. sparse mixing matrices
 
 
 @dataclass(frozen=True)

@@ -66,7 +66,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -328,7 +328,6 @@ class DecentralizedPower:
     chebyshev: bool = True
     oversample: int | None = None
     smoothing: float = 0.2
-    _cache: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self):
         if self.momentum not in MOMENTUM:
@@ -353,8 +352,8 @@ class DecentralizedPower:
     def _graph(self, fed: PCAFederation, t: int) -> tuple[SparseW, float, int]:
         """The round's mixing matrix (torch), its FastMix eta and the exchanges per power step (cached by identity)."""
         W = fed.schedule.at(t)
-        hit = self._cache.get("W")
-        if hit is None or hit[0] is not W:
+
+        def build() -> tuple[SparseW, float, int]:
             import numpy as np
 
             if self.gossip_steps is not None and not self.chebyshev:
@@ -367,9 +366,9 @@ class DecentralizedPower:
             eta = (1.0 - root) / (1.0 + root) if self.chebyshev else 0.0
             rate = math.sqrt(eta) if self.chebyshev else l2
             K = self.gossip_steps or (1 if rate <= 0 else max(1, math.ceil(math.log(self.mix_tol) / math.log(rate))))
-            self._cache["W"] = (W, SparseW.from_scipy(W, device=fed.clients.C.device, dtype=fed.clients.C.dtype),
-                                eta, K)
-        return self._cache["W"][1:]
+            return SparseW.from_scipy(W, device=fed.clients.C.device, dtype=fed.clients.C.dtype), eta, K
+
+        return fed.derived.get(("power graph", self), W, build)
 
     def gossip_steps_for(self, fed: PCAFederation, t: int = 0) -> int:
         """The exchanges per power step this algorithm uses on the round-t graph."""
