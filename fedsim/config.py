@@ -35,6 +35,10 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
+# the models a run config may name (fedsim.models.SIMULATION_MODELS; kept here so that reading a config needs no torch)
+MODEL_NAMES = ("mlp", "lenet", "lenet_caffe")
+
+
 class ConfigError(ValueError):
     """A bad configuration: the message names the key, the bad value and what is allowed."""
 
@@ -74,7 +78,7 @@ class ModelConfig:
     init: str = "default"            # default (PyTorch's) | xavier (Glorot uniform) | xavier_fan_in (Caffe's); biases 0
 
     def validate(self) -> None:
-        _choice("model.name", self.name, ("mlp", "lenet", "lenet_caffe"))
+        _choice("model.name", self.name, MODEL_NAMES)
         _choice("model.init", self.init, ("default", "xavier", "xavier_fan_in"))
         for h in self.hidden:
             _positive("model.hidden entries", h)

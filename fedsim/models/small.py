@@ -97,22 +97,3 @@ def _caffe_side(n: int) -> int:
     for _ in range(2):
         n = -(-(n - 4) // 2)
     return n
-
-
-MODELS = ("mlp", "lenet", "lenet_caffe")
-
-
-def build_model(name: str, in_shape: tuple[int, ...], n_classes: int, hidden: tuple[int, ...] | None = None) -> nn.Module:
-    """Build a model by name (``MODELS``: "mlp", "lenet" or "lenet_caffe") for inputs of shape ``in_shape``
-    (without the batch dim). ``hidden`` sizes the MLP's hidden layers; the CNNs have fixed widths."""
-    if name == "mlp":
-        return MLP(math.prod(in_shape), tuple(hidden) if hidden is not None else (32,), n_classes)
-    if name == "lenet":
-        if len(in_shape) != 3:
-            raise ValueError(f"lenet needs (C, H, W) inputs, got shape {tuple(in_shape)}")
-        if min(in_shape[1:]) < 4:
-            raise ValueError(f"lenet needs images of at least 4x4 pixels, got {tuple(in_shape)}")
-        return LeNet(tuple(in_shape), n_classes)
-    if name == "lenet_caffe":
-        return LeNetCaffe(tuple(in_shape), n_classes)
-    raise ValueError(f"unknown model {name!r}; known models: {', '.join(map(repr, MODELS))}")

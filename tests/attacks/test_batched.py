@@ -194,13 +194,13 @@ def test_a_linear_layer_used_twice_is_refused():
 @pytest.mark.parametrize("arch", ["vit", "lenet"])
 def test_vmap_backend_on_vision_models_equals_the_loop(arch, attack):
     """Biases, LayerNorms, embeddings, convolutions, attention-matrix masks and a per-channel box."""
-    from attacks.vision import LeNet, SmallViT
+    from attacks.vision import LeNetZhu, SmallViT
 
     # a whole optimisation: float64 (module docstring; in float32 LeNet/informed meets an x-gradient entry 7e-7
     # times the largest, a near-tie for its sign)
     torch.manual_seed(2)
     model = (SmallViT(image_size=8, patch_size=4, dim=16, depth=1, heads=2, mlp_dim=16, p=0.3) if arch == "vit"
-             else LeNet(channels=3, image_size=8, p=0.3, width=4)).to(F64)
+             else LeNetZhu(channels=3, image_size=8, p=0.3, width=4)).to(F64)
     grads, masks, targets, true_masks, labels = _victims(model, 2, seed=7, image=(3, 8, 8))
     box = (torch.tensor([-1.0, -1.5, -2.0])[:, None, None], torch.tensor([1.0, 1.5, 2.0])[:, None, None])
     cfg = InversionConfig(max_iterations=12)

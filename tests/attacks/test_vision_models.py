@@ -5,7 +5,7 @@ from torch import nn
 
 from attacks.models import DropoutMLP, dropout_sites, set_masks
 from attacks.victims import CIFAR10_MEAN, CIFAR10_STD, load_victims, normalize_cifar10
-from attacks.vision import LeNet, PatchFlatten, SmallResNet, SmallViT, build_attack_model
+from attacks.vision import LeNetZhu, PatchFlatten, SmallResNet, SmallViT, build_attack_model
 
 
 CASES = [("mlp", (1, 28, 28)), ("vit", (3, 32, 32)), ("lenet", (3, 32, 32)), ("lenet", (1, 28, 28)),
@@ -152,8 +152,8 @@ def test_patch_flatten_matches_einops_order():
 
 
 def test_lenet_and_resnet_structure():
-    assert LeNet(3, 32).fc.in_features == 768 and LeNet(1, 28).fc.in_features == 588   # DLG / IG sizes
-    lenet = LeNet(1, 28, dlg_init=True, p=0.1)
+    assert LeNetZhu(3, 32).fc.in_features == 768 and LeNetZhu(1, 28).fc.in_features == 588   # DLG / IG sizes
+    lenet = LeNetZhu(1, 28, dlg_init=True, p=0.1)
     assert all(float(p.detach().abs().max()) <= 0.5 for p in lenet.parameters())
     assert [s.p for s in dropout_sites(lenet)] == [0.1]
     assert sum(isinstance(m, nn.Sigmoid) for m in lenet.modules()) == 3
@@ -172,7 +172,7 @@ def test_build_attack_model():
     assert build_attack_model("mlp", (3, 32, 32)).net[1].in_features == 3072
     vit = build_attack_model("vit", (1, 28, 28), n_classes=5)                 # 7x7 patches of 4x4
     assert vit.pos_embedding.shape == (1, 50, 256) and vit(torch.randn(1, 1, 28, 28)).shape == (1, 5)
-    assert isinstance(build_attack_model("lenet", (1, 28, 28)), LeNet)
+    assert isinstance(build_attack_model("lenet", (1, 28, 28)), LeNetZhu)
     assert isinstance(build_attack_model("resnet", (3, 32, 32)), SmallResNet)
     with pytest.raises(ValueError, match="unknown attack model 'vgg'"):
         build_attack_model("vgg", (3, 32, 32))

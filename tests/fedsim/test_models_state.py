@@ -16,8 +16,8 @@ def test_lenet_and_mlp_shapes(shape):
 
 
 def test_bad_model_requests_are_named():
-    with pytest.raises(ValueError, match="unknown model 'vit'"):
-        build_model("vit", (1, 8, 8), 10)
+    with pytest.raises(ValueError, match="unknown model 'vgg'"):
+        build_model("vgg", (1, 8, 8), 10)
     with pytest.raises(ValueError, match="at least 4x4"):
         build_model("lenet", (1, 2, 2), 10)
 
