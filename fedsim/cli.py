@@ -1,14 +1,14 @@
-"""The ``fedsim`` command line: run configs, the offline quickstart, and topology inspection."""
+"""The ``fedsim`` command line: run configs, federated PCA, Flower and topology inspection here; the commands of
+the packages above fedsim (``attack``, ``experiment``, ``quickstart``) come in through the ``fedsim.commands``
+entry points (``register(subparsers)`` functions), so that fedsim never imports attacks/ or experiments/."""
 
 from __future__ import annotations
 
 import argparse
 import math
 import os
-import re
 import sys
 import time
-from importlib import resources
 from pathlib import Path
 
 from fedsim.runs import RunFolderError, claim_results_folder  # light: imports torch only when used
@@ -78,7 +78,8 @@ SUMMARY_COLUMNS = ["run", "algorithm", "topology", "clients", "rounds", "test_ac
                    "train_loss", "MB_sent", "seconds"]
 
 
-def _run_one(cfg, out_dir: Path, resume: bool, progress: bool, overwrite: bool = False):
+def run_one(cfg, out_dir: Path, resume: bool, progress: bool, overwrite: bool = False):
+    """Run one config into ``out_dir`` with a progress bar; returns (result, seconds)."""
     from tqdm import tqdm
 
     from fedsim.experiment import run
@@ -106,7 +107,8 @@ def _run_one(cfg, out_dir: Path, resume: bool, progress: bool, overwrite: bool =
     return result, time.perf_counter() - start
 
 
-def _finish(rows: list[dict], results: dict, out_dir: Path, title: str, configs: list) -> None:
+def finish_runs(rows: list[dict], results: dict, out_dir: Path, title: str, configs: list) -> None:
+    """Print and save the summary table of finished runs, and their accuracy (and diagnostics) plots."""
     from fedsim.engine import atomic_write_text
     from fedsim.plots import diagnostic_panels, plot_diagnostics, plot_runs
 
@@ -123,7 +125,8 @@ def _finish(rows: list[dict], results: dict, out_dir: Path, title: str, configs:
         print(f"         {more}  (node accuracy range, weight variance vs Xavier, consensus, bytes)")
 
 
-def _apply_common(cfg, args):
+def apply_run_options(cfg, args):
+    """``cfg`` with the options of ``add_run_options`` applied (--set, --data-dir, --threads, --device)."""
     from fedsim.config import replace
 
     overrides = dict(_parse_override(s) for s in args.set or [])
@@ -139,114 +142,13 @@ def _apply_common(cfg, args):
 def cmd_run(args) -> int:
     from fedsim.config import load
 
-    cfg = _apply_common(load(args.config), args)
+    cfg = apply_run_options(load(args.config), args)
     out_dir = Path(args.out) if args.out else Path("results") / cfg.name
-    result, seconds = _run_one(cfg, out_dir, args.resume, not args.no_progress, args.overwrite)
+    result, seconds = run_one(cfg, out_dir, args.resume, not args.no_progress, args.overwrite)
     where = "star" if cfg.algorithm.name == "fedavg" else f"{cfg.topology.name} graph"
     title = f"{cfg.name}: {cfg.algorithm.name} on a {where}, {cfg.clients} clients, {cfg.data.dataset}, seed {cfg.seed}"
-    _finish([summarize(cfg.name, cfg, result, seconds)], {cfg.name: result}, out_dir, title, [cfg])
+    finish_runs([summarize(cfg.name, cfg, result, seconds)], {cfg.name: result}, out_dir, title, [cfg])
     return 0
-
-
-def cmd_quickstart(args) -> int:
-    from fedsim.config import load
-
-    names = ["quickstart_fedavg.toml", "quickstart_gossip.toml", "quickstart_gossip_dirichlet.toml"]
-    out_dir = Path(args.out)
-    rows, results, cfgs = [], {}, []
-    for name in names:
-        with resources.as_file(resources.files("experiments") / "configs" / name) as path:
-            cfg = _apply_common(load(path), args)
-        if args.rounds is not None:
-            from fedsim.config import replace
-
-            cfg = replace(cfg, {"rounds": args.rounds})
-        cfgs.append(cfg)
-    parts = _quickstart_parts(args.parts)
-    if args.iterations is not None and args.iterations < 1:
-        from fedsim.config import ConfigError
-
-        raise ConfigError(f"--iterations must be >= 1, got {args.iterations}")
-    plan = _quickstart_plan(cfgs, out_dir, args.resume, args.overwrite)
-    for cfg, overwrite in plan:
-        result, seconds = _run_one(cfg, out_dir / cfg.name, args.resume, not args.no_progress, overwrite)
-        rows.append(summarize(cfg.name, cfg, result, seconds))
-        results[cfg.name] = result
-    print("fedsim quickstart: scikit-learn digits (1,437 train / 360 test), MLP 64-32-10, 10 clients\n")
-    _finish(rows, results, out_dir, "fedsim quickstart: FedAvg vs decentralized SGD on digits", cfgs)
-    if not parts:
-        return 0
-    return _quickstart_tour(args, parts, out_dir, rows)
-
-
-QUICKSTART_PARTS = ("gossip", "fedpca", "attack")
-
-
-def _quickstart_parts(text: str) -> list[str]:
-    """The tour parts named by --parts ("all", "none" or a comma list of QUICKSTART_PARTS)."""
-    from fedsim.config import ConfigError
-
-    if text.strip() in ("all", "none"):
-        return list(QUICKSTART_PARTS) if text.strip() == "all" else []
-    parts = list(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))
-    bad = [t for t in parts if t not in QUICKSTART_PARTS] or ([] if parts else [text])
-    if bad:
-        raise ConfigError(f"unknown --parts entry {bad[0]!r}; known: all, none, {', '.join(QUICKSTART_PARTS)}")
-    return parts
-
-
-def _quickstart_tour(args, parts: list[str], out_dir: Path, rows: list[dict]) -> int:
-    """The tour after the digits runs: gossip rules, federated PCA, an attack; report.md with every headline number."""
-    import dataclasses
-
-    from fedsim import tour
-
-    settings = tour.TourSettings()
-    if args.rounds is not None:
-        settings = dataclasses.replace(settings, gossip_rounds=args.rounds)
-    if args.iterations is not None:
-        settings = dataclasses.replace(settings, attack_iterations=args.iterations)
-    started = time.perf_counter()
-    done = tour.run_tour(out_dir, settings, args.data_dir, parts,
-                         on_part=lambda name: print(f"  tour: {name} ...", file=sys.stderr, flush=True))
-    runs = tour.runs_part(rows, sum(r["seconds"] for r in rows))
-    for part in done:
-        if part.skipped:
-            print(f"fedsim: note: {part.note}", file=sys.stderr)
-            continue
-        print(f"\n{part.title} ({part.seconds:.1f} s): {part.setting}\n")
-        print(format_table(part.rows, part.columns))
-    report = tour.write_report(out_dir, [runs, *done])
-    print(f"\ntour: {time.perf_counter() - started:.0f} s; report: {report}")
-    return 0
-
-
-def _quickstart_plan(cfgs, out_dir: Path, resume: bool, overwrite: bool) -> list:
-    """(config, overwrite) per quickstart run, after checking every folder (so a refusal leaves all unchanged).
-
-    A sub-folder that holds a run of the same quickstart config (``rounds``, threads, device may differ) is
-    the quickstart's own and is run again; one that holds a different run is refused unless ``overwrite``.
-    ``out_dir`` itself holding a single run (config.toml, history, checkpoint) is refused likewise.
-    """
-    from fedsim.config import to_toml
-    from fedsim.experiment import check_run_folder
-    from fedsim.runs import RunFolderError, clear_run, folder_changes, run_files
-
-    if resume and overwrite:
-        raise RunFolderError("--resume and --overwrite exclude each other")
-    single = [f for f in run_files(out_dir) if f not in ("summary.txt", "accuracy.png", "diagnostics.png")]
-    if single and not overwrite:
-        raise RunFolderError(f"{out_dir} holds a single run ({', '.join(single)}), not quickstart results; "
-                             "pass --overwrite to replace it, or choose another --out")
-    plan = []
-    for cfg in cfgs:
-        sub = out_dir / cfg.name
-        own = not resume and bool(run_files(sub)) and folder_changes(sub, to_toml(cfg)) == []
-        check_run_folder(cfg, sub, resume=resume, overwrite=overwrite or own)
-        plan.append((cfg, overwrite or own))
-    if single:
-        clear_run(out_dir)
-    return plan
 
 
 DIRECTED_TOPOLOGIES = ("directed_ring", "directed_exponential")
@@ -349,7 +251,7 @@ def cmd_fedpca(args) -> int:
     graphs = sorted(set(topologies.GENERATORS) - {"edge_list"})
     if args.topology not in graphs:
         raise ConfigError(f"unknown --topology {args.topology!r}; known: {', '.join(graphs)}")
-    settings = _settings(args)
+    settings = settings_of(args)
     claim_results_folder(args.out, "fedpca", settings, args.overwrite)
     torch.set_num_threads(args.threads)
     try:
@@ -451,104 +353,6 @@ def cmd_fedpca(args) -> int:
     return 0
 
 
-def cmd_attack(args) -> int:
-    import json
-
-    import torch
-
-    from attacks.experiment import ATTACKS, VICTIM_SETS, run_attacks, save_grid
-    from attacks.inversion import InversionConfig
-    from attacks.vision import ATTACK_MODELS
-    from fedsim.config import ConfigError
-    from fedsim.engine import atomic_write_text
-
-    if args.capture:   # a Flower run's capture: the model, dropout, victim set and victims come from it
-        from attacks.flower_capture import capture_model, read_capture
-
-        try:
-            header, records = read_capture(args.capture)
-            capture_model(header)
-        except ValueError as e:
-            raise ConfigError(f"--capture {e}") from None
-        args.model, args.dataset, args.dropout = header["model"], header["dataset"], float(header["dropout"])
-        args.victims = len({r["sender"] for r in records if r["kind"] == "uplink" and r["round"] == 0})
-    if args.model not in ATTACK_MODELS:
-        raise ConfigError(f"unknown --model {args.model!r}; known: {', '.join(ATTACK_MODELS)}")
-    if args.dataset not in VICTIM_SETS:
-        raise ConfigError(f"unknown --dataset {args.dataset!r}; known: {', '.join(VICTIM_SETS)}")
-    attacks = list(ATTACKS) if args.attack.strip() == "all" else \
-        list(dict.fromkeys(a.strip() for a in args.attack.split(",") if a.strip()))
-    bad = [a for a in attacks if a not in ATTACKS] or ([] if attacks else [args.attack])
-    if bad:
-        raise ConfigError(f"unknown attack {bad[0]!r}; known: all, {', '.join(ATTACKS)}")
-    checks = [(1 <= args.victims <= 128, "1 <= --victims <= 128", args.victims),
-              (args.iterations >= 1, "--iterations >= 1", args.iterations),
-              (0 <= args.dropout < 1, "0 <= --dropout < 1", args.dropout),  # also refuses NaN
-              (args.threads >= 1, "--threads >= 1", args.threads)]
-    for ok, rule, value in checks:
-        if not ok:
-            raise ConfigError(f"need {rule}, got {value}")
-    if not re.fullmatch(r"cpu|cuda(:\d+)?", args.device):
-        raise ConfigError(f"--device must be cpu, cuda or cuda:N, got {args.device!r}")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {args.device}: torch sees no CUDA device here")
-    from attacks.victims import load_victims
-
-    load_victims(args.dataset, args.data_dir)  # a missing victim set is one error line, before any output
-    settings = _settings(args)
-    claim_results_folder(args.out, "attack", settings, args.overwrite)
-    torch.set_num_threads(args.threads)
-    print(f"  attacking {args.victims} victim(s) of {args.dataset} on {args.model} (p = {args.dropout}) with "
-          f"{', '.join(attacks)}, all victims batched ...", file=sys.stderr, flush=True)
-    bars = {}
-
-    def progress(attack, it, active):
-        if attack not in bars:
-            for bar in bars.values():
-                bar.close()
-            from tqdm import tqdm
-
-            bars[attack] = tqdm(total=args.iterations, desc=f"{attack:>8}", unit="it", disable=args.no_progress,
-                                leave=False, file=sys.stderr)
-        bars[attack].update(1)
-        bars[attack].set_postfix_str(f"{active} running", refresh=False)
-
-    try:
-        if args.capture:
-            from attacks.flower_capture import attack_capture
-
-            rows, recon = attack_capture(args.capture, tuple(attacks), InversionConfig(max_iterations=args.iterations),
-                                         args.data_dir, args.seed, progress, args.device)
-        else:
-            rows, recon = run_attacks(list(range(args.victims)), tuple(attacks), args.model, args.dataset,
-                                      args.dropout, InversionConfig(max_iterations=args.iterations), args.data_dir,
-                                      args.seed, progress, args.device)
-    finally:  # also on Ctrl-C, so that the interruption message starts its own line
-        for bar in bars.values():
-            bar.close()
-    summary = []
-    for attack in attacks:
-        mine = [r for r in rows if r["attack"] == attack]
-        if mine:
-            summary.append({"attack": attack, **{k: float(sum(r[k] for r in mine) / len(mine)) for k in
-                                                 ("ssim", "psnr", "mse", "mse_01", "label_ok", "iterations",
-                                                  "victim_it_per_s")}})
-    out = Path(args.out)
-    print(f"\n{args.dataset}, {args.model}, dropout p = {args.dropout}, {args.victims} victim(s), mean over victims; "
-          f"at most {args.iterations} iterations (official: 20,000), on {args.device}\n")
-    table = format_table(summary, ["attack", "ssim", "psnr", "mse", "mse_01", "label_ok", "iterations",
-                                   "victim_it_per_s"])
-    print(table)
-    atomic_write_text(out / "summary.txt", table + "\n")
-    atomic_write_text(out / "results.json", json.dumps({"command": "attack", "args": settings, "rows": rows},
-                                                       indent=1, default=str))
-    png = save_grid(recon, out / "reconstructions.png",
-                    title=f"{', '.join(attacks)} on {args.dataset} victims, {args.model}, dropout p = {args.dropout}, "
-                          f"at most {args.iterations} iterations")
-    print(f"\nresults: {out}/  (summary.txt, results.json, reconstructions.png)\nimages:  {png}")
-    return 0
-
-
 def cmd_flower(args) -> int:
     """``fedsim flower``: FedAvg, FedPG or gossip on Flower (fedsim/flower/runner.py)."""
     from fedsim.flower.runner import cmd_flower as run_flower
@@ -556,41 +360,9 @@ def cmd_flower(args) -> int:
     return run_flower(args)
 
 
-def cmd_experiment(args) -> int:
-    """``fedsim experiment NAME``: run a study of experiments/ (fedsim.studies) and print its summary."""
-    import experiments
-    from fedsim import studies
-    from fedsim.config import ConfigError
-
-    if args.list or args.name is None:
-        if args.name is None and not args.list:
-            raise ConfigError("give a study NAME (fedsim experiment --list shows them)")
-        width = max(map(len, experiments.STUDIES))
-        for name, (_, what) in experiments.STUDIES.items():
-            print(f"{name:{width}s}  {what}")
-        return 0
-    study = experiments.study(args.name)
-    if args.workers < 1:
-        raise ConfigError(f"--workers must be >= 1, got {args.workers}")
-    if args.workers > 1 and args.ray is not None:
-        raise ConfigError("--workers and --ray exclude each other (Ray runs as many points at once as it has CPUs)")
-    overrides = dict(studies.parse_set(s) for s in args.set or [])
-    start = time.perf_counter()
-    run = getattr(study, "run_study", None) or (lambda **kw: studies.run_study(study, **kw))
-    done = run(config=args.config, overrides=overrides, out=args.out, workers=args.workers, ray=args.ray,
-               progress=not args.no_progress, overwrite=args.overwrite)
-    summary = getattr(study, "summary", None)
-    if summary is not None:
-        print("\n".join(summary(done.config, done.groups)))
-    pngs = ", ".join(p.name for p in done.figures if p.suffix == ".png")
-    print(f"\n{done.ran} of {done.total} point(s) run in {time.perf_counter() - start:.0f} s; results in {done.out}"
-          + (f" (metrics.csv, metrics.json, {pngs})" if pngs else ""))
-    return 0
-
-
-def _settings(args) -> dict:
+def settings_of(args) -> dict:
     """The command's arguments as plain values (what results.json records and a re-run is compared with)."""
-    return {k: v for k, v in vars(args).items() if k != "func"}
+    return {k: v for k, v in vars(args).items() if k not in ("func", "interrupt_hint", "run_options")}
 
 
 def _check_fedpca_args(args) -> None:
@@ -645,53 +417,79 @@ class Parser(argparse.ArgumentParser):
 DATA_DIR_DEFAULT = "(default: $FEDSIM_DATA_DIR, else ~/.cache/fedsim)"
 
 
+RESUME_HINT = "; rerun with --resume to continue from the last checkpoint"
+COMMAND_ORDER = ("run", "quickstart", "fedpca", "attack", "experiment", "flower", "topology")
+"""The commands' order in ``fedsim --help``; commands of other ``fedsim.commands`` entry points follow by name."""
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """fedsim's parser: its own commands and those of the ``fedsim.commands`` entry points, in COMMAND_ORDER."""
+    from importlib.metadata import entry_points
+
     parser = Parser(
         prog="fedsim", epilog=EPILOG,
         description="fedsim: a fast, reproducible simulator for federated and decentralized learning.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    own = {"run": _add_run, "fedpca": _add_fedpca, "flower": _add_flower, "topology": _add_topology}
+    plugins = {ep.name: ep for ep in entry_points(group="fedsim.commands") if ep.name not in own}
+    rank = {name: i for i, name in enumerate(COMMAND_ORDER)}
+    for name in sorted([*own, *plugins], key=lambda n: (rank.get(n, len(rank)), n)):
+        if name in own:
+            own[name](sub)
+        else:
+            _add_entry_point(sub, plugins[name])
+    return parser
 
-    def common(p):
-        p.add_argument("--data-dir", help=f"folder with the data sets {DATA_DIR_DEFAULT}")
-        p.add_argument("--threads", type=int, help="torch intra-op threads, 0 = torch's own choice "
-                                                   "(default: the config's threads)")
-        p.add_argument("--device", help="cpu, cuda or cuda:N (default: the config's device)")
-        p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                       help="override a config value, e.g. --set algorithm.lr=0.05; repeatable (default: none)")
-        p.add_argument("--resume", action="store_true",
-                       help="continue from the verified checkpoint.pt in the output folder; the config must be the "
-                            "same except rounds (which may grow), eval_every, checkpoint_every, threads, device, "
-                            "data dir and name; a folder without a checkpoint starts at round 0")
-        p.add_argument("--overwrite", action="store_true",
-                       help="replace the run in the output folder (removes only fedsim's run files; "
-                            "without it a folder that holds another run is refused)")
-        p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
+def _add_entry_point(sub, entry) -> None:
+    """Add the command of one ``fedsim.commands`` entry point (its ``register(subparsers)``). One that fails to load
+    still shows in ``fedsim --help``, and running it is one ``fedsim: error:`` line naming what is missing."""
+    try:
+        entry.load()(sub)
+    except Exception as e:   # a missing or broken package must leave fedsim's other commands working
+        reason = " ".join(f"{type(e).__name__}: {e}".split())
+        message = f"fedsim {entry.name} is unavailable: {entry.value} failed to load ({reason})"
+
+        def unavailable(args):
+            from fedsim.config import ConfigError
+
+            raise ConfigError(message)
+
+        p = sub.choices.get(entry.name) or sub.add_parser(entry.name, help=f"(unavailable: {reason})",
+                                                          description=message)
+        p.set_defaults(func=unavailable, unavailable=True)
+
+
+def add_run_options(p) -> None:
+    """The options of the commands that run configs (``run``, ``quickstart``): --data-dir, --threads, --device,
+    --set, --resume, --overwrite, --no-progress (``apply_run_options`` applies them to a config)."""
+    p.add_argument("--data-dir", help=f"folder with the data sets {DATA_DIR_DEFAULT}")
+    p.add_argument("--threads", type=int, help="torch intra-op threads, 0 = torch's own choice "
+                                               "(default: the config's threads)")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: the config's device)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set algorithm.lr=0.05; repeatable (default: none)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the verified checkpoint.pt in the output folder; the config must be the "
+                        "same except rounds (which may grow), eval_every, checkpoint_every, threads, device, "
+                        "data dir and name; a folder without a checkpoint starts at round 0")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run in the output folder (removes only fedsim's run files; "
+                        "without it a folder that holds another run is refused)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(run_options=True, interrupt_hint=RESUME_HINT)
+
+
+def _add_run(sub) -> None:
     p = sub.add_parser("run", help="run one experiment from a TOML config",
                        description="Run one experiment from a TOML config; writes history, checkpoint and plot.")
     p.add_argument("config", help="path to a TOML config (see experiments/configs/)")
     p.add_argument("--out", help="output folder (default: results/<name>)")
-    common(p)
+    add_run_options(p)
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("quickstart", help="a tour: FedAvg vs gossip, corrected gossip, federated PCA, DIA; report.md",
-                       description="Runs FedAvg (star) and D-PSGD (ring; random 4-regular with a Dirichlet split) "
-                                   "on scikit-learn's bundled digits (table + plot), then the tour: plain vs "
-                                   "variance-corrected gossip (digits, 3 seeds), federated PCA anomaly detection on "
-                                   "NSL-KDD (honest threshold) and the Dropout Inversion Attack on MNIST victims; "
-                                   "writes <out>/report.md with every headline number and figure. About 15-30 s on "
-                                   "one CPU thread.")
-    p.add_argument("--out", default="results/quickstart", help="output folder")
-    p.add_argument("--rounds", type=int, help="rounds of every run, the tour's gossip runs included (default: "
-                                             "each config's own; the gossip comparison 150)")
-    p.add_argument("--parts", default="all",
-                   help="tour parts after the digits runs: all, none, or a comma list of gossip (plain vs variance-"
-                        "corrected), fedpca (NSL-KDD), attack (DIA on MNIST victims); parts without their data skip "
-                        "with a note")
-    p.add_argument("--iterations", type=int, help="iterations of the tour's attacks (default: 300)")
-    common(p)
-    p.set_defaults(func=cmd_quickstart)
 
+def _add_fedpca(sub) -> None:
     class FedpcaHelp(HelpFormatter):
         """fedsim's help format, wrapping lines at spaces only: "(default: train-quantile)" stays whole."""
 
@@ -771,53 +569,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "folder holding results of other settings is refused, the same settings are re-run)")
     p.set_defaults(func=cmd_fedpca)
 
-    p = sub.add_parser("attack", help="gradient inversion (IG vs DIA vs informed IG) on victims' gradients",
-                       description="Reconstruct victims' images from the gradient they share (train mode, dropout "
-                                   "active); labels inferred with iDLG. Prints a table; saves an image grid.")
-    p.add_argument("--model", default="mlp", help="mlp (the DIA paper's 3 x 512 MLP), vit (its small ViT), lenet, resnet")
-    p.add_argument("--dataset", default="mnist", help="mnist or cifar10 (the 128-image DIA victim sets)")
-    p.add_argument("--dropout", type=float, default=0.25, help="dropout rate p of the model, in [0, 1)")
-    p.add_argument("--attack", default="all", help="all, or a comma list of ig, dia, informed")
-    p.add_argument("--victims", type=int, default=1, help="number of victims (images 0..N-1), 1..128")
-    p.add_argument("--capture", metavar="FILE", help="attack the uploads a Flower ServerApp captured (capture.pt of "
-                                                     "experiments/flower_leakage.py); model, dropout and victims "
-                                                     "come from the file (default: none, attack fresh victims)")
-    p.add_argument("--iterations", type=int, default=3000, help="iteration cap per attack (official: 20,000)")
-    p.add_argument("--data-dir", help="folder holding mnist/dia_mnist_128.npz and cifar10-sample/dia_cifar10_128.npz "
-                                      f"{DATA_DIR_DEFAULT}")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    p.add_argument("--seed", type=int, default=0, help="seed of the model's initialisation and the attacks (>= 0)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (>= 1)")
-    p.add_argument("--out", default="results/attack", help="output folder")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace other results in the output folder (removes only fedsim's files; without it a "
-                        "folder holding results of other settings is refused, the same settings are re-run)")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
-    p.set_defaults(func=cmd_attack)
 
-    p = sub.add_parser("experiment", help="run a study of experiments/ (a sweep over seeds and settings)",
-                       description="Run a study: its config's grid x seeds, each point in its own folder\n"
-                                   "(results/<study>/<run-id>/points/; finished points are skipped, an interrupted\n"
-                                   "sweep resumes), then mean and spread over seeds in metrics.csv / metrics.json\n"
-                                   "and figures (PNG, SVG). --list shows the studies.")
-    p.add_argument("name", nargs="?", help="the study (see --list)")
-    p.add_argument("--list", action="store_true", help="list the studies and exit")
-    p.add_argument("--config", help="study config TOML (default: experiments/configs/NAME.toml, the CPU-sized one; "
-                                    "NAME_full.toml is the full-size one)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a study key (--set seeds=[0]) or a key of its [run] table (--set "
-                        "run.algorithm.lr=0.05); repeatable (default: none)")
-    p.add_argument("--out", help="results folder (default: results/NAME/<the config's name>)")
-    p.add_argument("--workers", type=int, default=1, help="points run in parallel processes")
-    p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
-                   help="run the points as Ray tasks: on a local Ray instance, or on the cluster at ADDRESS (its "
-                        "machines need fedsim and must share the results folder) (default: no Ray)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace a run of another config in the results folder (removes only the study's files "
-                        "and points/; without it such a folder is refused)")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    p.set_defaults(func=cmd_experiment)
-
+def _add_flower(sub) -> None:
     p = sub.add_parser("flower", help="run FedAvg, FedPG or gossip on Flower (in process or Flower's simulation engine)",
                        description="Run fedsim's algorithms as Flower apps (fedsim/flower/apps.py): the same node "
                                    "and server steps as the engine; writes results.json, summary.txt and final.pt.")
@@ -826,6 +579,8 @@ def build_parser() -> argparse.ArgumentParser:
     flower_arguments(p)
     p.set_defaults(func=cmd_flower)
 
+
+def _add_topology(sub) -> None:
     p = sub.add_parser("topology", help="describe a topology (nodes, edges, degrees, spectral gap)",
                        description="Build a topology and print its size, degree range and spectral gap.")
     p.add_argument("name", help="ring, torus, complete, star, regular, erdos_renyi, watts_strogatz, "
@@ -840,7 +595,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mixing weights of an undirected graph (a directed one uses push-sum)")
     p.add_argument("--draw", metavar="PNG", help="save a drawing of the graph to this PNG file (default: no drawing)")
     p.set_defaults(func=cmd_topology)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -875,7 +629,9 @@ def _discard_stdout() -> None:
 def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)   # parse_args, except that an unavailable command takes any
+        if extra and not getattr(args, "unavailable", False):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as e:  # --help (0) or a usage error (2, already printed in one line)
         return e.code if isinstance(e.code, int) else 2
     if not getattr(args, "func", None):
@@ -895,10 +651,7 @@ def _main(argv: list[str] | None) -> int:
         print(f"fedsim: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        hint = "; rerun with --resume to continue from the last checkpoint" if args.command in ("run", "quickstart") \
-            else "; run the same command again to resume (finished points are kept)" if args.command == "experiment" \
-            else ""
-        print(f"fedsim: interrupted{hint}", file=sys.stderr)
+        print(f"fedsim: interrupted{getattr(args, 'interrupt_hint', '')}", file=sys.stderr)
         return 130
 
 
@@ -908,7 +661,7 @@ def _check_args(args) -> None:
 
     if getattr(args, "seed", 0) < 0:
         raise ConfigError(f"--seed must be >= 0, got {args.seed}")
-    if args.command in ("run", "quickstart"):
+    if getattr(args, "run_options", False):   # run, quickstart: the options of add_run_options
         if args.threads is not None and args.threads < 0:
             raise ConfigError(f"--threads must be >= 0 (0 = torch's own choice), got {args.threads}")
         if getattr(args, "rounds", None) is not None and args.rounds < 1:

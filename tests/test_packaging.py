@@ -51,11 +51,14 @@ def test_wheel_ships_the_configs_and_runs_in_a_fresh_environment(tmp_path):
         entry = z.read(f"fedsim_lab-{fedsim.__version__}.dist-info/entry_points.txt").decode()
     assert "Name: fedsim-lab\n" in meta and f"Version: {fedsim.__version__}\n" in meta
     assert "fedsim = fedsim.cli:main" in entry
+    commands = entry.split("[fedsim.commands]\n", 1)[1].split("\n\n")[0].splitlines()   # quickstart, below, uses one
+    assert sorted(commands) == ["attack = attacks.cli:register", "experiment = experiments.cli:register",
+                                "quickstart = experiments.cli:register_quickstart"]
     configs = {f"experiments/configs/{p.name}" for p in (REPO / "experiments" / "configs").glob("*.toml")}
     assert configs and configs <= names, sorted(configs - names)
     apps = {p.relative_to(REPO).as_posix() for p in (REPO / "fedsim" / "flower").glob("**/pyproject.toml")}
     assert apps <= names, sorted(apps - names)                       # the Flower app folder's pyproject
-    assert {"fedsim/tour.py", "topologies/drawing.py", "attacks/experiment.py"} <= names
+    assert {"experiments/tour.py", "topologies/drawing.py", "attacks/experiment.py"} <= names
     assert not any(n.startswith(("tests/", "notebooks/", "mutants/")) for n in names)
 
     env_dir = tmp_path / "venv"
@@ -80,3 +83,7 @@ def test_wheel_ships_the_configs_and_runs_in_a_fresh_environment(tmp_path):
                          env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     assert (work / "results" / "quickstart" / "summary.txt").is_file()
+    shown = subprocess.run([str(exe), "--help"], cwd=work, env=env, capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0 and "unavailable" not in shown.stdout, shown.stdout + shown.stderr
+    for command in ("attack", "experiment", "quickstart"):                  # the entry points of the wheel
+        assert f"\n    {command}" in shown.stdout, command

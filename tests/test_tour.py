@@ -1,4 +1,4 @@
-"""The quickstart tour (fedsim/tour.py, ``fedsim quickstart``): report.md holds every headline number, each
+"""The quickstart tour (experiments/tour.py, ``fedsim quickstart``): report.md holds every headline number, each
 number matches an independent recomputation, and a part without its data is skipped with a one-line note.
 
 Tiny settings throughout (a few rounds, a few attack iterations): ~10 s in all on one thread.
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedsim import tour
+from experiments import tour
 from fedsim.cli import main
 
 TINY = tour.TourSettings(gossip_clients=10, gossip_degree=4, gossip_rounds=4, gossip_seeds=(0, 1),

@@ -3,7 +3,7 @@ and without a warning, and writes only under the results folder it is given.
 
 The notebooks take two environment variables, which the test sets: ``FEDSIM_DATA_DIR`` (the suite's data folder,
 tests/conftest.py) and ``FEDSIM_RESULTS_DIR`` (an empty temporary folder, so that each notebook finds no results
-and runs its studies' tiny configs, fedsim.tour.NOTEBOOK_TINY). The kernel starts in an empty working directory.
+and runs its studies' tiny configs, experiments.tour.NOTEBOOK_TINY). The kernel starts in an empty working directory.
 leakage.ipynb (~30 s: 12 inversions at 400 iterations and a live sweep) is marked slow; the others take ~5-15 s
 each.
 """
