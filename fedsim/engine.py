@@ -18,9 +18,8 @@ import torch
 from fedsim.derived import Derived
 from fedsim.files import atomic_write_text  # noqa: F401  (re-exported: experiments import it from here)
 from fedsim.messages import ByteCounter, Messages
-from fedsim.metrics import node_accuracy_summary
 from fedsim.rng import Streams
-from fedsim.training import ClientData, evaluate
+from fedsim.training import ClientData
 
 
 class Schedule(Protocol):
@@ -101,20 +100,9 @@ def _finite_or_none(value):
 
 
 def evaluate_models(algorithm, state, fed: Federation) -> dict[str, float]:
-    """Test accuracy/loss of the models the algorithm exposes (``algorithm.models(state)``).
-
-    Algorithms that are not neural-network trainers (e.g. federated PCA) provide ``evaluate(state, fed)``.
-    """
-    if hasattr(algorithm, "evaluate"):
-        return algorithm.evaluate(state, fed)
-    out = {}
-    for name, rows in algorithm.models(state).items():
-        acc, loss = evaluate(algorithm.trainer.model, rows, fed.test_x, fed.test_y)
-        out.update(node_accuracy_summary(acc, name))   # name_acc (mean), and _min / _max over several rows
-        out[f"{name}_loss"] = float(loss.mean())
-    if hasattr(algorithm, "diagnostics"):
-        out.update(algorithm.diagnostics(state))
-    return out
+    """The algorithm's own test metrics (``algorithm.evaluate(state, fed)``): e.g. accuracy and loss of the models
+    it exposes and its diagnostics (FedAvg, gossip), or subspace angles and anomaly scores (federated PCA)."""
+    return algorithm.evaluate(state, fed)
 
 
 def simulate(algorithm, fed: Federation, rounds: int, *, state=None, start_round: int = 0,

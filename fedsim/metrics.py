@@ -74,3 +74,17 @@ def node_accuracy_summary(acc: torch.Tensor, name: str = "nodes") -> dict[str, f
         out[f"{name}_acc_min"] = float(acc.min())
         out[f"{name}_acc_max"] = float(acc.max())
     return out
+
+
+def held_out_metrics(model, models: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    """Accuracy (mean, and min/max over several rows) and mean loss on ``(x, y)`` of each named group of parameter
+    rows of ``model``: ``{name_acc, name_acc_min, name_acc_max, name_loss}``. What the algorithms' ``evaluate``
+    reports on evaluation rounds."""
+    from fedsim.training import evaluate
+
+    out: dict[str, float] = {}
+    for name, rows in models.items():
+        acc, loss = evaluate(model, rows, x, y)
+        out.update(node_accuracy_summary(acc, name))
+        out[f"{name}_loss"] = float(loss.mean())
+    return out

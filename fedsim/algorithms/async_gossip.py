@@ -34,6 +34,7 @@ from fedsim import memory
 from fedsim.algorithms.gossip import evaluation_rows, population_diagnostics
 from fedsim.averaging import Averaging, Inbox, average_inbox, corrected_slices, tensor_variances
 from fedsim.messages import Messages
+from fedsim.metrics import held_out_metrics
 from fedsim.mixing import SparseW
 from fedsim.state import ParamSpec, init_population
 from fedsim.training import LocalSGD
@@ -263,6 +264,12 @@ class AsyncGossip:
         keep_rows, keep_edges = ~now, ~edges
         new_index = torch.cumsum(keep_rows.to(torch.int64), 0) - 1
         return (rows[keep_rows], arrival[keep_rows], new_index[src[keep_edges]], dst[keep_edges], w[keep_edges])
+
+    def evaluate(self, state, fed) -> dict[str, float]:
+        """Test accuracy/loss of the models in ``models(state)``, and ``diagnostics(state)`` (the engine's
+        evaluation rounds)."""
+        return {**held_out_metrics(self.trainer.model, self.models(state), fed.test_x, fed.test_y),
+                **self.diagnostics(state)}
 
     def diagnostics(self, state: AsyncGossipState) -> dict[str, float]:
         return population_diagnostics(state.models, self.trainer.model, self.init_scheme)

@@ -9,7 +9,7 @@ import torch
 
 from fedsim import rng
 from fedsim.messages import SERVER, Messages
-from fedsim.metrics import weight_var_ratio
+from fedsim.metrics import held_out_metrics, weight_var_ratio
 from fedsim.state import ParamSpec, init_population, xavier_variance
 from fedsim.rng import Streams
 from fedsim.training import ClientData, LocalSGD, Trained, check_momentum_has_effect, local_step
@@ -96,6 +96,12 @@ class FedAvg:
         senders = senders.to(fed.device)
         weights = fed.data.counts[senders] if self.weighted else torch.ones(len(senders), device=fed.device)
         return FedAvgState(server_step(payload.to(fed.device), weights), momentum), metrics
+
+    def evaluate(self, state, fed) -> dict[str, float]:
+        """Test accuracy/loss of the models in ``models(state)``, and ``diagnostics(state)`` (the engine's
+        evaluation rounds)."""
+        return {**held_out_metrics(self.trainer.model, self.models(state), fed.test_x, fed.test_y),
+                **self.diagnostics(state)}
 
     def diagnostics(self, state: FedAvgState) -> dict[str, float]:
         """The global model's weight variance relative to the Xavier value (``fedsim.metrics``)."""

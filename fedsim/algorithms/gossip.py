@@ -26,7 +26,7 @@ import torch
 from fedsim.averaging import Averaging, Inbox, average_inbox, average_node, corrected_slices, tensor_variances
 from fedsim.messages import Messages
 from fedsim.mixing import SparseW, combine
-from fedsim.metrics import weight_var_ratio
+from fedsim.metrics import held_out_metrics, weight_var_ratio
 from fedsim.rng import sample_clients
 from fedsim.state import ParamSpec, init_population, xavier_variance
 from fedsim.training import LocalSGD, check_momentum_has_effect, local_step
@@ -172,6 +172,12 @@ class Gossip:
         inbox = Inbox.received(len(x), receivers, rows.to(x.device), payload, torch.ones_like(rows, dtype=x.dtype),
                                variances)
         return average_inbox(x, inbox, self.averaging, slices)
+
+    def evaluate(self, state, fed) -> dict[str, float]:
+        """Test accuracy/loss of the models in ``models(state)``, and ``diagnostics(state)`` (the engine's
+        evaluation rounds)."""
+        return {**held_out_metrics(self.trainer.model, self.models(state), fed.test_x, fed.test_y),
+                **self.diagnostics(state)}
 
     def diagnostics(self, state: GossipState) -> dict[str, float]:
         """Extra metrics computed on evaluation rounds: consensus distance, weight variance vs Xavier."""

@@ -405,11 +405,11 @@ def _serve_fedavg(grid: Grid, spec: fspec.FlowerSpec, nodes: dict[int, int], log
 
 def _evaluate(run, rows: torch.Tensor, logbook: Log, name: str) -> None:
     """The server's own evaluation of the final model(s) on the run's test split (as the engine evaluates)."""
-    from fedsim.training import evaluate
+    from fedsim.metrics import held_out_metrics
 
     _, _, test, _ = fspec.split_of(run)
-    acc, loss = evaluate(fspec.trainer_of(run).model, rows, torch.as_tensor(test.x), torch.as_tensor(test.y))
-    logbook.history[-1].update({f"{name}_acc": float(acc.mean()), f"{name}_loss": float(loss.mean())})
+    got = held_out_metrics(fspec.trainer_of(run).model, {name: rows}, torch.as_tensor(test.x), torch.as_tensor(test.y))
+    logbook.history[-1].update({f"{name}_acc": got[f"{name}_acc"], f"{name}_loss": got[f"{name}_loss"]})
 
 
 def _serve_gossip(grid: Grid, spec: fspec.FlowerSpec, nodes: dict[int, int], logbook: Log) -> dict:

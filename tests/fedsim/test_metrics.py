@@ -169,3 +169,21 @@ def test_plot_diagnostics_writes_a_png(tmp_path):
     res = _gossip_history()
     res.history[1]["consensus"] = math.nan
     assert list(diagnostics_figure(res).axes[2].lines[0].get_ydata()) == [2.0 ** -4, 2.0 ** -6]
+
+
+def test_the_engine_evaluates_through_the_algorithm(make_fed, mlp, trainer):
+    """simulate's evaluation rows are what algorithm.evaluate(state, fed) returns; nothing reads trainer.model."""
+    from fedsim.algorithms import FedAvg
+    from fedsim.engine import simulate
+    from fedsim.training import evaluate
+
+    class Probe(FedAvg):
+        def evaluate(self, state, fed):
+            return {"probe": 42.0, **super().evaluate(state, fed)}
+
+    fed = make_fed(4)
+    res = simulate(Probe(trainer(mlp, steps=1), clients_per_round=2), fed, 2, eval_every=1)
+    assert [row["probe"] for row in res.history] == [42.0, 42.0]
+    acc, loss = evaluate(mlp, res.state.params[None], fed.test_x, fed.test_y)   # independent: the model itself
+    assert abs(res.history[-1]["global_acc"] - float(acc[0])) < 1e-12
+    assert abs(res.history[-1]["global_loss"] - float(loss[0])) < 1e-6
