@@ -104,12 +104,14 @@ class LocalSGD:
     batch_size: int = 32
     momentum: float = 0.0
     weight_decay: float = 0.0
-    chunk: int = 256
+    chunk: int | None = None   # clients per batched call; None: chunk_for(device) (measured defaults)
     fused_mlp: bool = True
     _grad: object = field(init=False, repr=False, compare=False)
     _fused: object = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
+        if self.chunk is not None and self.chunk < 1:
+            raise ValueError(f"chunk must be >= 1 clients (or None for the default), got {self.chunk}")
         spec = ParamSpec.of(self.model)
         model = self.model
         layers = mlp_layers(model) if self.fused_mlp else None
@@ -157,8 +159,9 @@ class LocalSGD:
         buffers = memory.empty_like(params) if self.momentum else None
         idx = data.batch_indices(streams, clients, round, self.steps, self.batch_size)
         pool = data.x.reshape(len(data.x), -1) if self._fused is not None else None  # samples as rows
-        for start in range(0, n_clients, self.chunk):
-            sl = slice(start, start + self.chunk)
+        chunk = self.chunk_for(params.device)
+        for start in range(0, n_clients, chunk):
+            sl = slice(start, start + chunk)
             src, dst = params[sl], out[sl]
             buf_dst = buffers[sl] if buffers is not None else None
             buf_src = start_buf[sl] if start_buf is not None else None
@@ -173,6 +176,15 @@ class LocalSGD:
                     self._update(p, g, dst, b, buf_dst)
                 losses[sl] += loss.detach()
         return Trained(out, losses / self.steps, buffers)
+
+    def chunk_for(self, device: torch.device) -> int:
+        """Clients per batched call: ``chunk`` if set; else 256 for the fused MLP step and on accelerators, and 8
+        for ``vmap`` over a CNN on CPU, where a LeNet step is compute-bound and small batches stay in cache (one step
+        of 64 MNIST images per node, 1 thread: LeNet-caffe 17 ms per node at 8 against 38 ms at 256; LeNet-5
+        9.4 vs 11.3 ms; benchmarks/RESULTS.md)."""
+        if self.chunk is not None:
+            return self.chunk
+        return 256 if self._fused is not None or torch.device(device).type != "cpu" else 8
 
     def _update(self, p: torch.Tensor, g: torch.Tensor, dst: torch.Tensor, buf: torch.Tensor | None,
                 buf_dst: torch.Tensor | None) -> None:
