@@ -44,7 +44,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fedsim import config as fconfig
-from fedsim.config import ConfigError, tomllib
+from fedsim.studies import csv_text
+from fedsim.config import ConfigError
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "vanishing_variance.toml"
 METHODS = ("fl", "plain", "corrected")
@@ -172,13 +173,7 @@ def study_from_dict(values: dict) -> Study:
 
 def load_study(path: str | Path, overrides: dict | None = None) -> Study:
     """Read a study TOML, apply dotted ``overrides`` (``{"ticks": 500, "run.model.hidden": [64]}``), validate."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist")
-    try:
-        values = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: invalid TOML: {e}") from None
+    values = fconfig.read_toml(Path(path))
     for dotted, value in (overrides or {}).items():
         *parents, key = dotted.split(".")
         table = values
@@ -412,17 +407,6 @@ def seed_band(curves: list[dict], key: str = "acc") -> dict[str, list]:
 
 # --- writing ----------------------------------------------------------------------------------------------------
 
-def _csv(rows: list[dict]) -> str:
-    import csv
-    import io
-
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for r in rows for k in r)), restval="")
-    writer.writeheader()
-    writer.writerows({k: "" if v is None else v for k, v in r.items()} for r in rows)
-    return buf.getvalue()
-
-
 def flat_group(g: dict) -> dict:
     """A group row with its spreads flattened for CSV (``ticks_mean``, ``ticks_std``, ...)."""
     out = {k: v for k, v in g.items() if not isinstance(v, dict)}
@@ -436,9 +420,9 @@ def write_metrics(out: Path, metrics: dict, curves: list[dict]) -> None:
     from fedsim.files import atomic_write_text
 
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=1, allow_nan=False))
-    atomic_write_text(out / "points.csv", _csv(metrics["points"]))
-    atomic_write_text(out / "summary.csv", _csv([flat_group(g) for g in metrics["groups"]]))
-    atomic_write_text(out / "curves.csv", _csv(curves))
+    atomic_write_text(out / "points.csv", csv_text(metrics["points"]))
+    atomic_write_text(out / "summary.csv", csv_text([flat_group(g) for g in metrics["groups"]]))
+    atomic_write_text(out / "curves.csv", csv_text(curves))
 
 
 def size_curves(study: Study, series: dict[Point, dict]) -> list[dict]:

@@ -336,15 +336,20 @@ def from_dict(values: dict) -> RunConfig:
     return _build(RunConfig, values, "").validate()
 
 
-def load(path: str | Path) -> RunConfig:
-    """Load and validate a TOML config file."""
-    path = Path(path)
+def read_toml(path: Path) -> dict:
+    """The TOML table of a config file; a missing file or invalid TOML is a ConfigError naming it."""
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
     try:
-        values = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: invalid TOML: {e}") from None
+
+
+def load(path: str | Path) -> RunConfig:
+    """Load and validate a TOML config file."""
+    path = Path(path)
+    values = read_toml(path)
     topo = values.get("topology")
     if isinstance(topo, dict) and isinstance(topo.get("path"), str) and topo["path"]:
         beside = path.parent / topo["path"]

@@ -209,6 +209,18 @@ def sample_clients(streams: Streams, round: int, n: int, fraction: float) -> tor
     return rng.sample_clients(streams, round, n, max(1, min(n, round_half_up(fraction * n))))
 
 
+def send_z(Z: torch.Tensor, t: int, fed: "PCAFederation", fraction: float,
+           send: Callable[[Messages], Messages]) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """The downlink of a power-type round: sample this round's clients and send them the server's ``Z``.
+
+    Returns the clients it reached [m] (on Z's device), the Z rows they received [m or 1, d*k] and whether
+    that is one untouched broadcast row (``power.client_products``' ``one_row``)."""
+    S = sample_clients(fed.streams, t, fed.clients.n_clients, fraction).to(Z.device)
+    down = send(Messages.make(t, "downlink", [SERVER], Z.reshape(1, -1), torch.zeros(len(S)), S))
+    _, got, Z_rows = down.arrived()       # each client uses the Z that reached it
+    return got.to(Z.device), Z_rows, down.payload.shape[0] == 1
+
+
 def linearized_client_step(CZ: torch.Tensor, Z: torch.Tensor, U: torch.Tensor, Y: torch.Tensor, seen: torch.Tensor,
                            rho: torch.Tensor, n_total) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The node step of linearized FedPG for m clients (pure): from C_i Z ``CZ`` [m, d, k] and the Z that reached
@@ -487,13 +499,10 @@ class FedPG:
         if bool(state.stopped):
             return state, {"participants": 0}
         dev = state.Z.device
-        S = sample_clients(fed.streams, t, N, self.client_fraction).to(dev)
-        down = send(Messages.make(t, "downlink", [SERVER], state.Z.reshape(1, -1), torch.zeros(len(S)), S))
-        _, got, Z_rows = down.arrived()       # each client uses the Z that reached it
-        got = got.to(dev)
+        got, Z_rows, one_row = send_z(state.Z, t, fed, self.client_fraction, send)
         n_total = clients.n.sum()
         if self.vectorized:
-            CZ = client_products(clients.C, got, Z_rows, down.payload.shape[0] == 1, d, k)
+            CZ = client_products(clients.C, got, Z_rows, one_row, d, k)
             U, Y, payload = linearized_client_step(CZ, Z_rows.reshape(len(got), d, k).to(state.Z), state.U[got],
                                                    state.Y[got], state.seen[got], state.rho[got], n_total)
         else:   # the per-client path: each client's node step alone, as a Flower node runs it

@@ -70,7 +70,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fedsim.fedpca.fedpg import PCAFederation, sample_clients
+from fedsim.fedpca.fedpg import PCAFederation, send_z
 from fedsim.fedpca.grassmann import (
     largest_principal_angle,
     orthonormality_error,
@@ -252,11 +252,8 @@ class FederatedPower:
         if bool(state.stopped):
             return state, {"participants": 0}
         dev = state.Z.device
-        S = sample_clients(fed.streams, t, N, self.client_fraction).to(dev)
-        down = send(Messages.make(t, "downlink", [SERVER], state.Z.reshape(1, -1), torch.zeros(len(S)), S))
-        _, got, Z_rows = down.arrived()     # each client uses the Z that reached it
-        got = got.to(dev)
-        P = client_products(clients.C, got, Z_rows, down.payload.shape[0] == 1, d, k) / clients.n.sum()
+        got, Z_rows, one_row = send_z(state.Z, t, fed, self.client_fraction, send)
+        P = client_products(clients.C, got, Z_rows, one_row, d, k) / clients.n.sum()
         up = send(Messages.make(t, "uplink", got, P.reshape(len(got), d * k), torch.arange(len(got)),
                                 torch.full((len(got),), SERVER)))
         senders, _, payload = up.arrived()
