@@ -22,7 +22,8 @@ Every rule has a per-node form (``average_node``: one node, its received models;
 what a node calls when it runs as a process of its own) and a batched form over the stacked population
 (``average_inbox``) that needs only running sums of what arrived (``Inbox``): the weighted sum of the received
 models, the sum of weights, their number and the sum of their per-tensor variances, so an asynchronous inbox
-stores no copies of the models.
+stores no copies of the models. A synchronous round, where everything arrives at once, uses ``average_received``:
+the ``beta`` mix as one sparse product, as cheap as a plain W mix.
 """
 
 from __future__ import annotations
@@ -113,22 +114,37 @@ def _root_sum_of_squares(rows: torch.Tensor) -> torch.Tensor:
 
 
 def _squared_deviations(rows: torch.Tensor, slices: list[slice], scratch: torch.Tensor | None) -> tuple[
-        torch.Tensor, list[torch.Tensor]]:
-    """Per row of ``rows`` [m, P] and slice l: the sum of squared deviations from the slice's mean ([m, L]) and
-    the means ([m, 1] each). Without ``scratch`` the slices of ``rows`` are left holding the deviations (in place);
-    with it, ``rows`` is unchanged and the deviations go to ``scratch`` [>= m, >= largest slice]."""
+        torch.Tensor, list[torch.Tensor], list[bool]]:
+    """Per row of ``rows`` [m, P] and slice l: the sum of squared deviations from the slice's mean ([m, L]), the
+    means ([m, 1] each) and whether the slice now holds its deviations.
+
+    On CPU, where a slice's mean is small next to its spread in every row (``k mean^2 <= sum x^2 / 4``, as in
+    weight tensors), the sum is ``sum x^2 - k mean^2`` from two reads (relative error within 4/3 of the sum of
+    squares' rounding) and ``rows`` is left alone. Otherwise (and on accelerators) it is the two-pass sum over
+    the deviations: without ``scratch`` the slice of ``rows`` is left holding them (in place); with it, they go
+    to ``scratch`` [>= m, >= largest slice]."""
     squares = rows.new_empty(len(rows), len(slices))
-    means = []
+    means, centred = [], []
+    fast = rows.device.type == "cpu"
     for l, s in enumerate(slices):
         part = rows[:, s]
         mean = part.mean(-1, keepdim=True)
+        if fast:
+            total = _root_sum_of_squares(part).square_()
+            mean_part = mean[:, 0].square().mul_(part.shape[1])
+            if bool((mean_part <= 0.25 * total).all()):
+                squares[:, l] = total.sub_(mean_part)
+                means.append(mean)
+                centred.append(False)
+                continue
         if scratch is None:
             deviations = part.sub_(mean)
         else:
             deviations = torch.sub(part, mean, out=scratch[:len(part), :part.shape[1]])
-        squares[:, l] = _root_sum_of_squares(deviations)
+        squares[:, l] = _root_sum_of_squares(deviations).square_()
         means.append(mean)
-    return squares.square_(), means
+        centred.append(scratch is None)
+    return squares, means, centred
 
 
 def _divisors(slices: list[slice], unbiased: bool, like: torch.Tensor) -> torch.Tensor:
@@ -157,16 +173,18 @@ def tensor_variances(x: torch.Tensor, slices: list[slice], unbiased: bool = Fals
 def _rescale(mix: torch.Tensor, target: torch.Tensor, slices: list[slice], avg: Averaging) -> torch.Tensor:
     """Rescale every slice of ``mix`` [..., P] around its mean to ``target`` [..., L] (in place; returns mix).
 
-    ``mix`` must be contiguous. Per slice: the mean, the deviations (in place), their squared norm, then
-    ``deviation * factor + mean`` (``mul_``, ``add_``: with one per-row operand each such pass is vectorised,
-    where ``addcmul`` with two per-row operands runs about 5x slower on CPU)."""
+    ``mix`` must be contiguous. Per slice: the mean and squared deviations (``_squared_deviations``), then
+    ``x * factor + mean (1 - factor)``, or ``deviation * factor + mean`` where the slice was centred in place
+    (``mul_``, ``add_``: with one per-row operand each such pass is vectorised, where ``addcmul`` with two per-row
+    operands runs about 5x slower on CPU)."""
     rows, goal = mix.view(-1, mix.shape[-1]), target.reshape(-1, target.shape[-1])
-    squares, means = _squared_deviations(rows, slices, None)
+    squares, means, centred = _squared_deviations(rows, slices, None)
     var = squares.div_(_divisors(slices, avg.unbiased, squares))
     num, den = (goal + avg.eps, var.add_(avg.eps)) if avg.eps else (goal, var)
     factor = torch.where(den > 0, torch.sqrt(num / den.clamp_min(torch.finfo(den.dtype).tiny)), 1.0)
     for l, s in enumerate(slices):
-        rows[:, s].mul_(factor[:, l:l + 1]).add_(means[l])
+        f = factor[:, l:l + 1]
+        rows[:, s].mul_(f).add_(means[l] if centred[l] else means[l] * (1 - f))
     return mix
 
 
@@ -246,9 +264,7 @@ class Inbox:
         if not len(receivers):
             return Inbox(payload.new_zeros(n, payload.shape[1]), weight, count,
                          variances.new_zeros(n, variances.shape[1]))
-        order = torch.argsort(receivers * len(payload) + rows, stable=True)
-        crow = torch.zeros(n + 1, dtype=torch.int64, device=dev)
-        torch.cumsum(got, 0, out=crow[1:])
+        crow, order = _by_receiver(got, receivers, rows, len(payload))
         cols = rows[order]
         total = _spmm(crow, cols, w[order], payload, None if old is None else old.total, in_place)
         if variances.shape[1]:
@@ -287,14 +303,29 @@ def _empty(shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
     return torch.empty(shape, dtype=like.dtype, device=like.device)
 
 
+def _by_receiver(count: torch.Tensor, receivers: torch.Tensor, rows: torch.Tensor, m: int) -> tuple[
+        torch.Tensor, torch.Tensor]:
+    """CSR layout of messages e (``rows[e]`` of ``m`` payload rows to ``receivers[e]``; ``count`` [n] per
+    receiver): the row pointers and the order of the messages, by receiver, then payload row."""
+    order = torch.argsort(receivers * m + rows, stable=True)
+    crow = torch.zeros(len(count) + 1, dtype=torch.int64, device=count.device)
+    torch.cumsum(count, 0, out=crow[1:])
+    return crow, order
+
+
+def _csr(crow: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, m: int) -> torch.Tensor:
+    """The sparse CSR matrix of ``len(crow) - 1`` rows and ``m`` columns."""
+    with warnings.catch_warnings():  # "sparse CSR support is in beta"
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(crow, cols, values, (len(crow) - 1, m))
+
+
 def _spmm(crow: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, dense: torch.Tensor,
           add_to: torch.Tensor | None = None, in_place: bool = False) -> torch.Tensor:
     """``A @ dense`` (or ``add_to + A @ dense``, into ``add_to`` itself with ``in_place``) for the CSR matrix A
     (``crow``, ``cols``, ``values``) of ``len(crow) - 1`` rows; rows of A without entries give zero rows."""
     n = len(crow) - 1
-    with warnings.catch_warnings():  # "sparse CSR support is in beta"
-        warnings.simplefilter("ignore", UserWarning)
-        A = torch.sparse_csr_tensor(crow, cols, values, (n, len(dense)))
+    A = _csr(crow, cols, values, len(dense))
     if dense.device.type != "cpu":
         product = torch.sparse.mm(A, dense)
         if add_to is None:
@@ -351,9 +382,60 @@ def average_inbox(own: torch.Tensor, inbox: Inbox, avg: Averaging, slices: list[
             if avg.target == "follow_beta":
                 goal = avg.beta * tensor_variances(own[sl], slices, avg.unbiased) + (1 - avg.beta) * goal
             _rescale(mixed, goal, slices, avg)
+    return _keep_idle(out, own, got)
+
+
+def _keep_idle(out: torch.Tensor, own: torch.Tensor, got: torch.Tensor) -> torch.Tensor:
+    """``out`` with the rows of the nodes that received nothing (``~got``) set back to ``own``'s."""
     if own.device.type != "cpu":
         return torch.where(got[:, None], out, own)
     idle = (~got).nonzero().flatten()
     if len(idle):
         out.index_copy_(0, idle, own.index_select(0, idle))
     return out
+
+
+def _product(A: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+    """``A @ dense`` for a sparse CSR ``A``, into a fresh tensor (on CPU one without a page fault per 4 KiB)."""
+    if dense.device.type != "cpu":
+        return torch.sparse.mm(A, dense)
+    out = _empty((A.shape[0], dense.shape[1]), dense)
+    return torch.addmm(out, A, dense, beta=0, out=out)
+
+
+def average_received(own: torch.Tensor, receivers: torch.Tensor, rows: torch.Tensor, payload: torch.Tensor,
+                     avg: Averaging, slices: list[slice]) -> torch.Tensor:
+    """Every node's new model by the ``beta`` / ``variance_corrected`` rule from its own row and one delivery
+    (message e carries ``payload[rows[e]]`` to node ``receivers[e]``): ``average_inbox`` of
+    ``Inbox.received(...)`` (equal within rounding, tested), the synchronous round's form.
+
+    The mix is one sparse product, ``beta own + A payload`` with ``A[i, row] = (1 - beta) / count_i``, as cheap
+    as a plain W mix; the correction's target is ``A variances / (1 - beta)``; the rescale runs over cache-sized
+    chunks of rows. Nodes that received nothing keep their model."""
+    if avg.rule == "plain":
+        raise ValueError("plain averaging mixes with the round's W (SparseW.mix), not by average_received")
+    n, dtype = len(own), own.dtype
+    count = torch.bincount(receivers, minlength=n)
+    if not len(receivers):
+        return own.clone()
+    share = (1 - avg.beta) / count.clamp_min(1).to(dtype)
+    crow, order = _by_receiver(count, receivers, rows, len(payload))
+    A = _csr(crow, rows[order], share[receivers[order]], len(payload))
+    if payload is own and avg.beta:   # own's rows are payload rows: beta on the diagonal, one product
+        nodes = torch.arange(n, device=receivers.device)
+        to, of = torch.cat([receivers, nodes]), torch.cat([rows, nodes])
+        crow_own, order_own = _by_receiver(count + 1, to, of, n)
+        values = torch.cat([share[receivers], torch.full((n,), avg.beta, dtype=dtype, device=share.device)])
+        out = _product(_csr(crow_own, of[order_own], values[order_own], n), payload)
+    else:
+        out = _product(A, payload)
+        if avg.beta:
+            out.add_(own, alpha=avg.beta)
+    if avg.corrects and slices:
+        goal = torch.sparse.mm(A, tensor_variances(payload, slices, avg.unbiased)).div_(1 - avg.beta)
+        if avg.target == "follow_beta":
+            goal = avg.beta * tensor_variances(own, slices, avg.unbiased) + (1 - avg.beta) * goal
+        step = _rows_per_chunk(own)
+        for lo in range(0, n, step):
+            _rescale(out[lo:lo + step], goal[lo:lo + step], slices, avg)
+    return _keep_idle(out, own, count > 0)

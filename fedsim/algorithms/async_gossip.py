@@ -18,8 +18,8 @@ a "round" of the engine is one tick, and every tick is a few batched calls over 
    (``fedsim.averaging``: plain = W-weighted, normalised over what is in the inbox; beta; variance_corrected)
    and empties its inbox. Inboxes are running sums (``fedsim.averaging.Inbox``): no stored copies of models.
 
-With ``interval = (1, 1)``, no delay and no churn every node trains, sends and averages in every tick: exactly the
-synchronous ``Gossip`` round with the same rule (tested). The state holds everything, messages in flight
+With ``interval = (1, 1)``, no delay and no churn every node trains, sends and averages in every tick: the
+synchronous ``Gossip`` round with the same rule (within float rounding: the sums run in another order; tested). The state holds everything, messages in flight
 included, so a run checkpoints and resumes bit for bit.
 """
 

@@ -23,7 +23,7 @@ from typing import Callable
 
 import torch
 
-from fedsim.averaging import Averaging, Inbox, average_inbox, average_node, corrected_slices, tensor_variances
+from fedsim.averaging import Averaging, average_node, average_received, corrected_slices
 from fedsim.messages import Messages
 from fedsim.mixing import SparseW, combine
 from fedsim.metrics import held_out_metrics, weight_var_ratio
@@ -168,10 +168,7 @@ class Gossip:
                 out[i] = neighbourhood_step(x[i], payload[mine.to(payload.device)], self.averaging, spec)
             return out
         slices = corrected_slices(spec, self.averaging.tensors) if self.averaging.corrects else []
-        variances = tensor_variances(payload, slices, self.averaging.unbiased)
-        inbox = Inbox.received(len(x), receivers, rows.to(x.device), payload, torch.ones_like(rows, dtype=x.dtype),
-                               variances)
-        return average_inbox(x, inbox, self.averaging, slices)
+        return average_received(x, receivers, rows.to(x.device), payload, self.averaging, slices)
 
     def evaluate(self, state, fed) -> dict[str, float]:
         """Test accuracy/loss of the models in ``models(state)``, and ``diagnostics(state)`` (the engine's

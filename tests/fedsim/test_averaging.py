@@ -8,7 +8,8 @@ import torch
 
 import topologies
 from fedsim.algorithms import Gossip
-from fedsim.averaging import (Averaging, Inbox, average_inbox, average_node, corrected_slices, tensor_variances)
+from fedsim.averaging import (Averaging, Inbox, average_inbox, average_node, average_received, corrected_slices,
+                              tensor_variances)
 from fedsim.engine import simulate
 from fedsim.messages import LinkDrop
 from fedsim.state import ParamSpec
@@ -130,6 +131,42 @@ def test_batched_inbox_equals_the_per_node_rule(avg):
                             weights=weights[mine])
         torch.testing.assert_close(got[i], want, atol=1e-12, rtol=0)
     assert torch.equal(got[2], own[2]) and torch.equal(got[5], own[5])   # nothing arrived
+
+
+@pytest.mark.parametrize("payload_is_own", [True, False])
+@pytest.mark.parametrize("avg", [a for a in OPTIONS if a.rule != "plain"],
+                         ids=lambda a: f"{a.rule}-{a.beta}-{a.target}-{a.tensors}-{a.eps}-{a.unbiased}")
+def test_one_delivery_as_one_product_equals_the_per_node_rule(avg, payload_is_own):
+    """The synchronous form (``average_received``: beta on the diagonal when the payload rows are the nodes' own
+    models, else ``beta own + A payload``) against the per-node rule; node 2 and 5 receive nothing."""
+    g = torch.Generator().manual_seed(2)
+    n = 6
+    own = torch.randn(n, SPEC.size, generator=g, dtype=torch.float64)
+    payload = own if payload_is_own else torch.randn(n, SPEC.size, generator=g, dtype=torch.float64) * 2 + 1
+    receivers = torch.tensor([0, 0, 1, 1, 1, 3, 4, 0, 3])
+    rows = torch.tensor([1, 2, 0, 3, 4, 1, 2, 4, 0])
+    slices = corrected_slices(SPEC, avg.tensors) if avg.corrects else []
+    got = average_received(own, receivers, rows, payload, avg, slices)
+    for i in range(n):
+        want = average_node(own[i], payload[rows[receivers == i]], avg, SPEC)
+        torch.testing.assert_close(got[i], want, atol=1e-12, rtol=0)
+    assert torch.equal(got[2], own[2]) and torch.equal(got[5], own[5])
+    with pytest.raises(ValueError, match="plain"):
+        average_received(own, receivers, rows, payload, Averaging("plain"), slices)
+
+
+@pytest.mark.parametrize("mean", [0.0, 0.3, 30.0])
+def test_float32_tensor_variances_match_float64_whatever_the_mean(mean):
+    """Small means take the one-read sum-of-squares path, large ones the two-pass path: both within 1e-5 of a
+    float64 reference; a constant tensor has variance 0 (no cancellation residue)."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(40, 3000, generator=g) * 0.05 + mean
+    x[7, :2000] = 0.1                                                    # constant first tensor in one row
+    slices = [slice(0, 2000), slice(2000, 3000)]
+    got = tensor_variances(x, slices)
+    want = torch.stack([x.double()[:, s].var(-1, correction=0) for s in slices], -1)
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-12)
+    assert got[7, 0] < 1e-13
 
 
 def test_cleared_rows_start_again():
