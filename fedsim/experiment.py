@@ -256,6 +256,8 @@ def run(cfg: RunConfig, out_dir: str | Path | None = None, resume: bool = False,
     ``fedsim.runs.RESUME_FREE``, and ``rounds`` may only grow) or ``overwrite`` (its run files are removed
     first; other files are kept). ``resume`` on a folder without a checkpoint starts at round 0. Every
     check, including the checkpoint's checksum, shapes and finiteness, passes before anything is written.
+    ``on_round(t, state, history)`` sees each state until the next round changes it (asynchronous ticks run in
+    place): save or copy what it wants to keep.
     """
     if resume and overwrite:
         raise RunFolderError("resume and overwrite exclude each other: resume continues the run in the "
@@ -283,12 +285,20 @@ def run(cfg: RunConfig, out_dir: str | Path | None = None, resume: bool = False,
         if on_round is not None:
             on_round(t, st, hist)
 
-    result = simulate(setup.algorithm, setup.fed, cfg.rounds, state=state, start_round=start, history=history,
-                      taps=setup.taps, eval_every=cfg.eval_every, on_round=hook)
+    result = simulate(_owning(setup.algorithm), setup.fed, cfg.rounds, state=state, start_round=start,
+                      history=history, taps=setup.taps, eval_every=cfg.eval_every, on_round=hook)
     if out_dir is not None:
         result.to_json(Path(out_dir) / "history.json")
         result.to_csv(Path(out_dir) / "history.csv")
     return result
+
+
+def _owning(algorithm):
+    """The algorithm as ``run`` runs it: every state of a run is made by ``run`` itself and read by nobody once
+    the next round has run, so asynchronous ticks change the state they are given instead of copying it
+    (``AsyncGossip.in_place``: the same numbers, bit for bit; about a third of a tick where a tenth of the nodes
+    train)."""
+    return dataclasses.replace(algorithm, in_place=True) if isinstance(algorithm, AsyncGossip) else algorithm
 
 
 def check_run_folder(cfg: RunConfig, out_dir: str | Path, resume: bool = False, overwrite: bool = False) -> None:

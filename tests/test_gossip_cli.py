@@ -118,3 +118,22 @@ def test_a_checkpoint_with_messages_in_flight_of_another_size_is_still_checked(t
     assert main(["run", "a.toml", "--out", "part", "--no-progress", "--resume"]) == 2
     err = capsys.readouterr().err
     assert "flight_payload" in err and "shape" in err and len(err.strip().splitlines()) == 1
+
+
+def test_run_ticks_in_place_with_the_same_numbers_as_copying_ticks(tmp_path):
+    """``experiment.run`` owns its states, so asynchronous ticks change them in place (the hook sees one models
+    tensor throughout); the run equals ``simulate`` of the copying algorithm, bit for bit."""
+    import torch
+
+    from fedsim import config, experiment
+    from fedsim.engine import simulate
+
+    (tmp_path / "a.toml").write_text(ASYNC)
+    cfg = config.load(tmp_path / "a.toml")
+    seen = []
+    got = experiment.run(cfg, on_round=lambda t, state, history: seen.append(state.x))
+    assert all(x is seen[0] for x in seen)                              # in place: no copy per tick
+    setup = experiment.build(cfg)
+    assert not setup.algorithm.in_place
+    want = simulate(setup.algorithm, setup.fed, cfg.rounds, taps=setup.taps, eval_every=cfg.eval_every)
+    assert got.history == want.history and torch.equal(got.state.x, want.state.x)

@@ -90,7 +90,8 @@ class AsyncGossip:
     ``in_place = True`` drops those copies: ``round`` then changes the given state's tensors and returns them
     (the same numbers, bit for bit). ``simulate`` never looks at a state again once the next tick has run, so a
     run through it is unchanged; do not use it while holding on to states (an initial state you run twice, an
-    ``on_round`` hook that keeps the states it sees rather than saving them).
+    ``on_round`` hook that keeps the states it sees rather than saving them). ``fedsim run`` (``experiment.run``),
+    which owns every state it makes, runs its ticks in place.
     """
 
     trainer: LocalSGD
