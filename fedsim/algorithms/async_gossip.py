@@ -177,8 +177,8 @@ class AsyncGossip:
             train = self.trainer.train if self.vectorized else self.trainer.train_loop
             everyone = len(trainers) == n   # (tick 0, every clock at 1): no gathers, the results are the state
             momentum = state.momentum
-            kept = None if momentum is None else (momentum if everyone else momentum[trainers])
-            params, losses, buffers = train(state.x if everyone else state.x[trainers], trainers, t, fed.data,
+            kept = None if momentum is None else (momentum if everyone else momentum.index_select(0, trainers))
+            params, losses, buffers = train(state.x if everyone else state.x.index_select(0, trainers), trainers, t, fed.data,
                                             fed.streams, momentum=kept)
             if everyone:
                 new.set("x", params)
@@ -206,7 +206,7 @@ class AsyncGossip:
                 for name, value in zip(_INBOX, _fields(inbox)):   # every inbox is empty again
                     new.set(name, value.zero_() if name in new.own else torch.zeros_like(value))
             else:
-                mixed = average_inbox(new["x"][ready], inbox.rows(ready), self.averaging, slices,
+                mixed = average_inbox(new["x"].index_select(0, ready), inbox.rows(ready), self.averaging, slices,
                                       own_weight=top.own_weight[ready] if plain else None)
                 new.write("x").index_copy_(0, ready, mixed)
                 Inbox(*(new.write(name) for name in _INBOX)).clear_(ready)

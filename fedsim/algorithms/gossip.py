@@ -113,9 +113,9 @@ class Gossip:
             active = active.to(fed.device)
         push_sum = fed.schedule.directed
         z = state.models if push_sum else state.x
-        z_active = z if everyone else z[active]
+        z_active = z if everyone else z.index_select(0, active)
         kept = state.momentum
-        buf_active = None if kept is None else (kept if everyone else kept[active])
+        buf_active = None if kept is None else (kept if everyone else kept.index_select(0, active))
         z_new, losses, buf_new = local_step(self.trainer, z_active, active, t, fed.data, fed.streams, buf_active,
                                             self.vectorized)
         if push_sum:  # x = w z, so a change of z_i moves x_i by w_i times as much
