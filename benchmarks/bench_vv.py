@@ -100,12 +100,12 @@ def _federation(model_name: str, n: int, dev, per_client: int = 64):
     return fed, model.to(dev)
 
 
-def _chunk(model_name: str, dev) -> int:
-    """Nodes per batched training call: the MLP's working set is tiny; a LeNet node's activations are ~5 MB (on
-    one CPU core chunks of 1-16 LeNet nodes train ~2x faster than LocalSGD's default 256)."""
+def _chunk(model_name: str, dev) -> int | None:
+    """Nodes per batched training call: the MLP's working set is tiny, so all of them on CPU; else the library's
+    default (``LocalSGD.chunk_for``: a CNN node's gradient on its own on CPU, 256 on an accelerator)."""
     if dev.type != "cpu":
-        return 1 << 30 if model_name == "mlp" else 256
-    return 1024 if model_name == "mlp" else 8
+        return 1 << 30 if model_name == "mlp" else None
+    return 1024 if model_name == "mlp" else None
 
 
 def _rss_mb() -> float:

@@ -107,6 +107,7 @@ class LocalSGD:
     chunk: int | None = None   # clients per batched call; None: chunk_for(device) (measured defaults)
     fused_mlp: bool = True
     _grad: object = field(init=False, repr=False, compare=False)
+    _grad_one: object = field(init=False, repr=False, compare=False)
     _fused: object = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
@@ -120,11 +121,24 @@ class LocalSGD:
             object.__setattr__(self, "_grad", lambda p, x, y: mlp_grad_and_loss(spec, layers, p, x, y))
             return
 
-        def loss(row, x, y):
-            z = functional_call(model, spec.unflatten(row), (x,))
+        def loss(params, x, y):
+            z = functional_call(model, params, (x,))
             return (torch.logsumexp(z, -1) - z.gather(-1, y[:, None])[:, 0]).mean()  # cross-entropy
 
-        object.__setattr__(self, "_grad", vmap(grad_and_value(loss)))
+        # gradients by tensor (views of the flat rows), then one concatenation: a gradient taken through the
+        # slicing of a flat row would add up one zero-filled row per tensor in backward
+        by_tensor, batched = grad_and_value(loss), vmap(grad_and_value(loss))
+
+        def grad_rows(p, x, y):
+            g, value = batched(spec.unflatten(p), x, y)
+            return spec.flatten(g, lead=1), value
+
+        def grad_row(row, x, y):
+            g, value = by_tensor(spec.unflatten(row), x, y)
+            return spec.flatten(g), value
+
+        object.__setattr__(self, "_grad", grad_rows)
+        object.__setattr__(self, "_grad_one", grad_row)
 
     def _start_buffers(self, params: torch.Tensor, momentum: torch.Tensor | None) -> torch.Tensor | None:
         if not self.momentum:
@@ -171,6 +185,10 @@ class LocalSGD:
                 b = buf_src if s == 0 else buf_dst
                 if pool is not None:
                     loss = self._fused_step(p, dst, b, buf_dst, pool, data.y, batch)
+                elif chunk == 1:   # one client: its gradient without vmap (faster for CNNs on CPU)
+                    g, loss = self._grad_one(p[0], data.x[batch[0]], data.y[batch[0]])
+                    self._update(p, g[None], dst, b, buf_dst)
+                    loss = loss[None]
                 else:
                     g, loss = self._grad(p, data.x[batch], data.y[batch])
                     self._update(p, g, dst, b, buf_dst)
@@ -178,13 +196,14 @@ class LocalSGD:
         return Trained(out, losses / self.steps, buffers)
 
     def chunk_for(self, device: torch.device) -> int:
-        """Clients per batched call: ``chunk`` if set; else 256 for the fused MLP step and on accelerators, and 8
-        for ``vmap`` over a CNN on CPU, where a LeNet step is compute-bound and small batches stay in cache (one step
-        of 64 MNIST images per node, 1 thread: LeNet-caffe 17 ms per node at 8 against 38 ms at 256; LeNet-5
-        9.4 vs 11.3 ms; benchmarks/RESULTS.md)."""
+        """Clients per batched call: ``chunk`` if set; else 256 for the fused MLP step and on accelerators, and 1
+        (each client's gradient on its own, without ``vmap``) for other models on CPU, where a CNN step is
+        compute-bound and ``vmap`` turns convolutions into slower grouped ones (one step of 64 MNIST images per
+        node, 1 thread: LeNet-5 7.8 ms per node against 10.3 ms with 8 clients per ``vmap`` call, LeNet-caffe
+        about equal, 10.3 vs 12.3 ms with 2 threads; benchmarks/RESULTS.md)."""
         if self.chunk is not None:
             return self.chunk
-        return 256 if self._fused is not None or torch.device(device).type != "cpu" else 8
+        return 256 if self._fused is not None or torch.device(device).type != "cpu" else 1
 
     def _update(self, p: torch.Tensor, g: torch.Tensor, dst: torch.Tensor, buf: torch.Tensor | None,
                 buf_dst: torch.Tensor | None) -> None:

@@ -91,13 +91,13 @@ def test_gossip_round_on_a_blocked_mix_equals_the_loop(small_fed, monkeypatch):
 def test_default_chunks_and_any_chunk_trains_the_same(small_fed):
     lenet, mlp = build_model("lenet", (1, 8, 8), 10), build_model("mlp", (1, 8, 8), 10, (32,))
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert LocalSGD(lenet, lr=0.1).chunk_for(cpu) == 8 and LocalSGD(lenet, lr=0.1).chunk_for(cuda) == 256
+    assert LocalSGD(lenet, lr=0.1).chunk_for(cpu) == 1 and LocalSGD(lenet, lr=0.1).chunk_for(cuda) == 256
     assert LocalSGD(mlp, lr=0.1).chunk_for(cpu) == 256 and LocalSGD(lenet, lr=0.1, chunk=3).chunk_for(cpu) == 3
     with pytest.raises(ValueError, match="chunk must be >= 1"):
         LocalSGD(mlp, lr=0.1, chunk=0)
     params = init_population(lenet, torch.arange(8), Streams(2), shared=False)
     runs = [LocalSGD(lenet, lr=0.1, steps=2, batch_size=8, chunk=c).train(params, torch.arange(8), 0,
                                                                          small_fed.data, small_fed.streams)
-            for c in (None, 1, 3, 256)]
+            for c in (None, 1, 3, 8, 256)]
     for other in runs[1:]:   # per-client arithmetic; batch shapes differ, so float sums may round differently
         torch.testing.assert_close(other.params, runs[0].params, atol=1e-5, rtol=0)
