@@ -44,8 +44,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fedsim import config as fconfig
-from fedsim.studies import csv_text
 from fedsim.config import ConfigError
+from fedsim.studies import csv_text, flat_group, parse_set
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "vanishing_variance.toml"
 METHODS = ("fl", "plain", "corrected")
@@ -407,15 +407,6 @@ def seed_band(curves: list[dict], key: str = "acc") -> dict[str, list]:
 
 # --- writing ----------------------------------------------------------------------------------------------------
 
-def flat_group(g: dict) -> dict:
-    """A group row with its spreads flattened for CSV (``ticks_mean``, ``ticks_std``, ...)."""
-    out = {k: v for k, v in g.items() if not isinstance(v, dict)}
-    for k, v in g.items():
-        if isinstance(v, dict):
-            out.update({f"{k}_{s}": x for s, x in v.items()})
-    return out
-
-
 def write_metrics(out: Path, metrics: dict, curves: list[dict]) -> None:
     from fedsim.files import atomic_write_text
 
@@ -556,12 +547,6 @@ def summary_table(metrics: dict) -> str:
         wall = f"  wall {fmt(g['wall_s'], None)} s" if g.get("wall_s", {}).get("mean") is not None else ""
         lines.append(f"  {g['sweep']:6s} {g['method']:9s} {where:12s} {fmt(g['ticks'])}{wall}")
     return "\n".join(lines)
-
-
-def parse_set(text: str) -> tuple[str, object]:
-    from fedsim.studies import parse_set as parse
-
-    return parse(text)
 
 
 NAME = "vanishing_variance"
