@@ -407,8 +407,8 @@ def _product(A: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
 def average_received(own: torch.Tensor, receivers: torch.Tensor, rows: torch.Tensor, payload: torch.Tensor,
                      avg: Averaging, slices: list[slice]) -> torch.Tensor:
     """Every node's new model by the ``beta`` / ``variance_corrected`` rule from its own row and one delivery
-    (message e carries ``payload[rows[e]]`` to node ``receivers[e]``): ``average_inbox`` of
-    ``Inbox.received(...)`` (equal within rounding, tested), the synchronous round's form.
+    (message e carries ``payload[rows[e]]`` to node ``receivers[e]``), the synchronous round's form: what
+    ``average_inbox`` makes of ``Inbox.received(...)``, summed in another order (tested against ``average_node``).
 
     The mix is one sparse product, ``beta own + A payload`` with ``A[i, row] = (1 - beta) / count_i``, as cheap
     as a plain W mix; the correction's target is ``A variances / (1 - beta)``; the rescale runs over cache-sized
