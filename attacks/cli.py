@@ -95,10 +95,9 @@ def cmd_attack(args) -> int:
         if attack not in bars:
             for bar in bars.values():
                 bar.close()
-            from tqdm import tqdm
+            from fedsim.progress import progress_bar
 
-            bars[attack] = tqdm(total=args.iterations, desc=f"{attack:>8}", unit="it", disable=args.no_progress,
-                                leave=False, file=sys.stderr)
+            bars[attack] = progress_bar(args.iterations, f"{attack:>8}", "it", not args.no_progress, leave=False)
         bars[attack].update(1)
         bars[attack].set_postfix_str(f"{active} running", refresh=False)
 

@@ -29,9 +29,11 @@ def read_capture(path: str | Path) -> tuple[dict, list[dict]]:
     """(header, records) of a Flower capture file, loaded with ``weights_only=True``; ValueError if it is not one."""
     try:
         body = torch.load(path, weights_only=True)
-    except Exception as e:       # a missing file, junk (UnpicklingError, RuntimeError), a truncated file (EOFError)
-        first = (str(e).strip().splitlines() or [""])[0]
-        raise ValueError(f"{path}: cannot read a Flower capture ({type(e).__name__}: {first})") from None
+    except OSError as e:         # missing, a folder, unreadable
+        raise ValueError(f"{path}: cannot read it ({e.strerror or type(e).__name__})") from None
+    except Exception:            # junk or another kind of file (UnpicklingError, RuntimeError), truncated (EOFError)
+        raise ValueError(f"{path}: not a fedsim Flower capture ({CAPTURE_FORMAT}): the file cannot be read as "
+                         "one (a capture.pt written by a Flower run with capture on)") from None
     if not isinstance(body, dict) or not isinstance(body.get("header"), dict) \
             or body["header"].get("format") != CAPTURE_FORMAT or not isinstance(body.get("records"), list):
         raise ValueError(f"{path}: not a fedsim Flower capture ({CAPTURE_FORMAT})")

@@ -83,9 +83,9 @@ def run_one(cfg, out_dir: Path, resume: bool, progress: bool, overwrite: bool = 
     from tqdm import tqdm
 
     from fedsim.experiment import run
+    from fedsim.progress import progress_bar
 
-    bar = tqdm(total=cfg.rounds, desc=cfg.name, unit="round", disable=not progress, leave=False,
-               dynamic_ncols=True)
+    bar = progress_bar(cfg.rounds, cfg.name, "round", progress, leave=False)
     # said once the run has passed its checks and done its first round, so a refusal stays one line
     note = [f"fedsim: note: no checkpoint in {out_dir}; --resume starts at round 0"] \
         if resume and not (out_dir / "checkpoint.pt").exists() else []
@@ -93,11 +93,10 @@ def run_one(cfg, out_dir: Path, resume: bool, progress: bool, overwrite: bool = 
     def on_round(t, state, history):
         while note:
             tqdm.write(note.pop(), file=sys.stderr)
-        bar.n = t + 1
         row = history[-1]
         shown = {k: f"{row[k]:.3f}" for k in ("train_loss", "global_acc", "average_acc") if k in row}
         bar.set_postfix(shown, refresh=False)
-        bar.refresh()
+        bar.update(t + 1 - bar.n)   # redraws at most every mininterval (rare off a terminal)
 
     start = time.perf_counter()
     try:
@@ -110,19 +109,20 @@ def run_one(cfg, out_dir: Path, resume: bool, progress: bool, overwrite: bool = 
 def finish_runs(rows: list[dict], results: dict, out_dir: Path, title: str, configs: list) -> None:
     """Print and save the summary table of finished runs, and their accuracy (and diagnostics) plots."""
     from fedsim.engine import atomic_write_text
+    from fedsim.files import listing
     from fedsim.plots import diagnostic_panels, plot_diagnostics, plot_runs
 
     table = format_table(rows, SUMMARY_COLUMNS)
     print(table)
     atomic_write_text(out_dir / "summary.txt", table + "\n")
-    png = plot_runs(results, out_dir / "accuracy.png", title=title)
-    print(f"\nresults: {out_dir}/  (summary.txt, accuracy.png, <run>/history.csv, config.toml, checkpoint.pt)")
-    print(f"plot:    {png}")
+    plots = [f"plot:    {plot_runs(results, out_dir / 'accuracy.png', title=title)}"]
     if diagnostic_panels(list(results.values())):
         ticks = any(cfg.time.mode == "async" for cfg in configs)
         more = plot_diagnostics(results, out_dir / "diagnostics.png", x_label="tick" if ticks else "round",
                                 x_key="round", title=title)
-        print(f"         {more}  (node accuracy range, weight variance vs Xavier, consensus, bytes)")
+        plots.append(f"         {more}  (node accuracy range, weight variance vs Xavier, consensus, bytes)")
+    print(f"\nresults: {out_dir}/  ({listing(out_dir)})")
+    print("\n".join(plots))
 
 
 def apply_run_options(cfg, args):
@@ -241,8 +241,8 @@ def cmd_fedpca(args) -> int:
     from fedsim.pipelines import fedpca_nslkdd as pipeline
     from fedsim.plots import plot_convergence, plot_roc, plot_roc_panels
 
-    methods = list(dict.fromkeys(m.strip() for m in args.methods.split(",") if m.strip())) if args.methods \
-        else list(pipeline.METHODS)
+    methods = list(dict.fromkeys(m.strip() for m in args.methods.split(",") if m.strip())) \
+        if args.methods is not None else list(pipeline.METHODS)
     unknown = [m for m in methods if m not in pipeline.METHODS]
     if unknown or not methods:
         what = f"unknown --methods entry {unknown[0]!r}" if unknown else f"--methods {args.methods!r} names no method"
@@ -261,9 +261,10 @@ def cmd_fedpca(args) -> int:
         raise ConfigError(f"--clients {args.clients:,} is too many for --split {args.split}: some client would "
                           "get no normal training rows; use fewer --clients") from None
     d = data.tests[0].X.shape[1]
-    if args.k > d:
-        raise ConfigError(f"-k {args.k} is larger than d = {d}, the number of --features {args.features} columns "
-                          f"(k > d); use -k 1..{d}")
+    if args.k >= d:   # k = d: the subspace is all of R^d, every residual (anomaly score) is 0
+        raise ConfigError(f"-k {args.k} must be smaller than d = {d}, the number of --features {args.features} "
+                          f"columns ({'k = d leaves every anomaly score 0' if args.k == d else 'k > d'}); "
+                          f"use -k 1..{d - 1}")
     # --eta / --rho / --local-steps unset: clean and decentralized FedPG use their defaults (issue 10: the
     # linearized solver and gradient tracking, data-derived); any of them set: the Riemannian / ADMM schedule
     given = {key: v for key, v in (("eta", args.eta), ("rho", args.rho), ("local_steps", args.local_steps))
@@ -471,8 +472,8 @@ def add_run_options(p) -> None:
                    help="override a config value, e.g. --set algorithm.lr=0.05; repeatable (default: none)")
     p.add_argument("--resume", action="store_true",
                    help="continue from the verified checkpoint.pt in the output folder; the config must be the "
-                        "same except rounds (which may grow), eval_every, checkpoint_every, threads, device, "
-                        "data dir and name; a folder without a checkpoint starts at round 0")
+                        "same except rounds (which may grow), eval_every, eval_nodes, checkpoint_every, threads, "
+                        "device, data dir and name; a folder without a checkpoint starts at round 0")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the run in the output folder (removes only fedsim's run files; "
                         "without it a folder that holds another run is refused)")
@@ -653,6 +654,11 @@ def _main(argv: list[str] | None) -> int:
     except KeyboardInterrupt:
         print(f"fedsim: interrupted{getattr(args, 'interrupt_hint', '')}", file=sys.stderr)
         return 130
+    except OSError as e:   # the file system refused a path (a folder that cannot be made, a full disk, ...)
+        if isinstance(e, BrokenPipeError) or e.filename is None:
+            raise
+        print(f"fedsim: error: {e.filename}: {e.strerror or e}", file=sys.stderr)
+        return 2
 
 
 def _check_args(args) -> None:

@@ -337,11 +337,20 @@ def from_dict(values: dict) -> RunConfig:
 
 
 def read_toml(path: Path) -> dict:
-    """The TOML table of a config file; a missing file or invalid TOML is a ConfigError naming it."""
+    """The TOML table of a config file; a missing or unreadable file, text that is not UTF-8 or invalid TOML is
+    a ConfigError naming it."""
+    if path.is_dir():
+        raise ConfigError(f"config file {str(path)!r} is a folder, not a TOML file")
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
     try:
-        return tomllib.loads(path.read_text())
+        text = path.read_text(encoding="utf-8-sig")   # TOML is UTF-8; a byte-order mark is tolerated
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text (TOML files are UTF-8; save it as UTF-8)") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot be read: {e.strerror or e}") from None
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: invalid TOML: {e}") from None
 

@@ -46,3 +46,14 @@ def save_figure_atomically(fig, path: str | Path, **savefig_kwargs) -> Path:
     buf = io.BytesIO()
     fig.savefig(buf, format=path.suffix.lstrip(".") or "png", **savefig_kwargs)
     return atomic_write_bytes(path, buf.getvalue())
+
+
+def listing(folder: str | Path) -> str:
+    """The files of a results folder (comma-separated), and those of its first run folder as ``<run>/: ...``
+    (a subfolder holding a ``history.json``)."""
+    folder = Path(folder)
+    names = sorted(p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    runs = [p for p in sorted(folder.iterdir()) if p.is_dir() and (p / "history.json").is_file()]
+    if runs:
+        names.append("<run>/: " + ", ".join(sorted(q.name for q in runs[0].iterdir() if q.is_file())))
+    return ", ".join(names)

@@ -161,6 +161,8 @@ def test_run_writes_all_outputs_and_resume_is_a_no_op(capsys, tiny_config, tmp_p
 
     for name in ("config.toml", "history.json", "history.csv", "summary.txt", "accuracy.png", "checkpoint.pt"):
         assert (out_dir / name).is_file(), name
+        assert name in out.split("results:")[1].splitlines()[0], name    # the closing line lists what is there
+    assert "<run>" not in out
 
     history = history_of(out_dir)
     assert [row["round"] for row in history] == [1, 2]
@@ -252,6 +254,26 @@ def test_run_missing_config_exits_2(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     code, _, err = cli(capsys, "run", tmp_path / "missing.toml", "--no-progress")
     assert code == 2 and "does not exist" in err
+
+
+def test_a_path_the_file_system_refuses_is_one_line_naming_it(capsys, tiny_config, tmp_path, monkeypatch):
+    """A folder that cannot be made (e.g. under /proc) or a full disk: one line with the path, exit 2."""
+    import fedsim.experiment
+
+    def refuse(path, text):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(fedsim.experiment, "atomic_write_text", refuse)
+    code, _, err = cli(capsys, "run", tiny_config, "--out", tmp_path / "o", "--no-progress")
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith("fedsim: error: ") and "config.toml" in err and "No space left on device" in err
+
+
+def test_run_config_that_is_not_utf8_exits_2(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "w.toml").write_bytes(TINY.encode("utf-16"))
+    code, _, err = cli(capsys, "run", tmp_path / "w.toml", "--no-progress")
+    assert code == 2 and "not UTF-8" in err and err.count("\n") == 1
 
 
 def test_run_gossip_on_disconnected_edge_list_exits_2(capsys, tmp_path, monkeypatch):
@@ -370,3 +392,21 @@ def test_mixing_choice_with_a_time_varying_schedule_is_rejected():
     with pytest.raises(ConfigError, match="applies to schedule = 'static' only"):
         from_dict({"algorithm": {"name": "gossip"}, "topology": {"name": "ring", "mixing": "max_degree",
                                                                   "schedule": "failures"}})
+
+
+def test_progress_off_a_terminal_is_a_few_lines_not_one_per_round(capsys, tiny_config, tmp_path):
+    """stderr is a pipe here: the bar may draw at its start and end, not once per round."""
+    code, _, err = cli(capsys, "run", tiny_config, "--out", tmp_path / "o", "--set", "rounds=40")
+    assert code == 0
+    assert err.count("\r") + err.count("\n") <= 4, err
+
+
+def test_resume_help_and_readme_name_every_key_a_resume_may_change(capsys):
+    from fedsim.runs import RESUME_FREE
+
+    assert main(["run", "--help"]) == 0
+    help_text = " ".join(capsys.readouterr().out.split())
+    readme = " ".join((REPO / "README.md").read_text().split())
+    for key in RESUME_FREE:
+        assert key.replace("data.dir", "data dir") in help_text, key
+        assert f"`{key}`" in readme, key

@@ -174,6 +174,7 @@ def test_malformed_nslkdd_rows_name_file_and_line(capsys, cwd, file, line_no, ro
     (["--seed", "-1"], "--seed must be >= 0, got -1"),
     (["--methods", "centralized,fedpgg"], "unknown --methods entry 'fedpgg'; known: centralized"),
     (["--methods", ","], "--methods ',' names no method"),
+    (["--methods", ""], "--methods '' names no method"),
     (["--topology", "hypercube"], "unknown --topology 'hypercube'; known: barabasi_albert"),
 ])
 def test_fedpca_bad_arguments(capsys, cwd, argv, fragment):
@@ -182,7 +183,9 @@ def test_fedpca_bad_arguments(capsys, cwd, argv, fragment):
 
 @pytest.mark.needs_data("nsl-kdd")
 @pytest.mark.parametrize("argv, fragment", [
-    (["-k", "40", "--methods", "centralized"], "-k 40 is larger than d = 34, the number of --features paper columns"),
+    (["-k", "40", "--methods", "centralized"], "-k 40 must be smaller than d = 34, the number of --features paper "
+                                               "columns (k > d); use -k 1..33"),
+    (["-k", "34", "--methods", "centralized"], "(k = d leaves every anomaly score 0); use -k 1..33"),
     (["--clients", "100000"], "--clients 100,000 is too many for --split paper"),
     (["--clients", "60000", "--split", "dirichlet"], "--clients 60,000 is too many for --split dirichlet"),
     (["--methods", "fedpg-decentralized", "--topology", "regular", "--degree", "0"],
@@ -203,6 +206,24 @@ def test_fedpca_arguments_checked_against_the_data(capsys, cwd, data_root, argv,
 ])
 def test_attack_bad_arguments(capsys, cwd, argv, fragment):
     assert fragment in error_line(capsys, cwd, "attack", *argv)
+
+
+def test_attack_on_a_file_that_is_not_a_capture(capsys, cwd):
+    """A run checkpoint (a torch file of another shape), a TOML file, junk bytes: one line saying it is not a
+    capture, without torch's advice to load it with weights_only=False."""
+    import torch
+
+    files = {"checkpoint.pt": None, "run.toml": b'rounds = 2\n', "junk.pt": bytes(range(256))}
+    for name, data in files.items():
+        path = cwd / name
+        if data is None:
+            torch.save({"round": 3, "state": {"x": torch.zeros(2, 3)}}, path)
+        else:
+            path.write_bytes(data)
+    for name in files:
+        line = error_line(capsys, cwd, "attack", "--capture", cwd / name)
+        assert "not a fedsim Flower capture" in line and "weights_only" not in line, line
+    assert "cannot read it" in error_line(capsys, cwd, "attack", "--capture", cwd / "missing.pt")
 
 
 # --------------------------------------------------------------------------- Ctrl-C and closed pipes

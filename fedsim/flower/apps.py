@@ -16,7 +16,9 @@ Run-config keys (``[tool.flwr.app.config]`` or ``flwr run --run-config``; defaul
 * model and training: ``model`` (mlp | lenet ...), ``hidden`` ("64,32"), ``init``, ``lr``, ``batch-size``,
   ``local-steps``, ``vectorized`` (false: the per-client reference path; true: the batched kernel on one row);
 * FedAvg: ``clients-per-round`` (0 = all), ``weighted``; gossip: ``topology`` (any ``topologies`` generator),
-  ``topology-k``, ``mixing``, ``averaging`` (plain | beta | variance_corrected), ``beta``, ``active-fraction``;
+  ``topology-k``, ``topology-p``, ``topology-m`` (the generator's k, p and m), ``mixing``, ``averaging`` (plain |
+  beta | variance_corrected), ``beta``, ``active-fraction``; a key the run's algorithm does not read, set to
+  anything but its default, is refused (``spec.ONLY_FOR``);
 * FedPG: ``k`` (subspace dimension), ``client-fraction``;
 * ServerApp: ``out`` (folder for ``result.json``, ``final.pt`` and, with ``capture = true``, ``capture.pt``),
   ``min-nodes`` (fewest nodes that may remain; fewer: the run fails with a clear error), ``round-timeout``

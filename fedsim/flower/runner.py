@@ -40,6 +40,7 @@ def add_arguments(p) -> None:
                                                       "(fedsim/flower/tls.py)")
     p.add_argument("--out", default="results/flower", help="output folder (results.json, summary.txt, final.pt)")
     p.add_argument("--overwrite", action="store_true", help="replace fedsim's files in --out")
+    p.add_argument("--no-progress", action="store_true", help="no 'running ...' line on stderr")
 
 
 def _value(text: str):
@@ -118,6 +119,19 @@ def summary(result: dict, mode: str) -> str:
     return "\n".join(lines)
 
 
+def check_data(spec) -> None:
+    """Load the run's data set here once, so that a missing or damaged data folder is one error before any node
+    starts (a DataNotFoundError / MalformedDataError), not a rejected reply per node."""
+    if spec.algorithm == "fedpg":
+        from fedsim.data import nslkdd
+
+        nslkdd.load_nslkdd("train", spec.run.data.dir or None)
+    else:
+        from fedsim import data
+
+        data.load(spec.run.data.dataset, spec.run.data.dir or None)
+
+
 def _fmt(v) -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "-"
@@ -127,7 +141,7 @@ def _fmt(v) -> str:
 def cmd_flower(args) -> int:
     """The ``fedsim flower`` command: claim --out, run, write results.json and summary.txt, print the table."""
     from fedsim.config import ConfigError
-    from fedsim.files import atomic_write_text
+    from fedsim.files import atomic_write_text, listing
     from fedsim.runs import RunFolderError, claim_results_folder
 
     try:
@@ -145,13 +159,19 @@ def cmd_flower(args) -> int:
             raise RunFolderError(f"{out} holds {', '.join(own)} of another Flower run; use --overwrite or another --out")
     for n in own if args.overwrite else ():
         (out / n).unlink()
-    print(f"running {spec.algorithm} on Flower ({args.mode}), {spec.run.clients} clients, {spec.run.rounds} rounds ...",
-          file=sys.stderr, flush=True)
+    check_data(spec)
+    if not args.no_progress:
+        print(f"running {spec.algorithm} on Flower ({args.mode}), {spec.run.clients} clients, {spec.run.rounds} "
+              "rounds ...", file=sys.stderr, flush=True)
     from fedsim.flower.apps import FlowerRunError
     from fedsim.flower.simulation import SimulationError
 
+    from topologies import TopologyError
+
     try:
         result = run_mode(spec, args.mode, cpus_per_node=args.cpus_per_node, timeout=args.timeout, tls=args.tls)
+    except TopologyError as exc:   # its advice names the generator's k, p, m: here they are run-config keys
+        raise ConfigError(f"{exc} (on Flower: --set topology-k=..., topology-p=..., topology-m=...)") from None
     except (FlowerRunError, SimulationError) as exc:
         print(f"fedsim: error: the Flower run failed: {exc}", file=sys.stderr)
         return 1
@@ -162,5 +182,6 @@ def cmd_flower(args) -> int:
                                                        indent=1, allow_nan=False))
     atomic_write_text(out / "summary.txt", text + "\n")
     print(text)
-    print(f"\nresults: {out}/  (results.json, summary.txt, final.pt{', capture.pt' if spec.capture else ''})")
+    print(f"\nresults: {out}/  ({listing(out)}; result.json is the ServerApp's own record, results.json adds the "
+          "command's settings)")
     return 0

@@ -42,6 +42,8 @@ KEYS: dict[str, tuple[str | None, object]] = {
     "active-fraction": ("algorithm.active_fraction", 1.0),
     "topology": ("topology.name", "ring"),
     "topology-k": ("topology.k", 4),
+    "topology-p": ("topology.p", 0.1),
+    "topology-m": ("topology.m", 2),
     "mixing": ("topology.mixing", "metropolis"),
     "averaging": ("algorithm.averaging", "plain"),
     "beta": ("algorithm.beta", 0.5),
@@ -54,6 +56,16 @@ KEYS: dict[str, tuple[str | None, object]] = {
     "min-nodes": (None, 1),
     "round-timeout": (None, 0.0),
     "node-wait": (None, 120.0),
+}
+
+# keys that only some algorithms read (the others apply to all); a non-default value elsewhere is refused
+LEARNING = ("dataset", "partition", "alpha", "model", "hidden", "init", "lr", "batch-size", "local-steps")
+ONLY_FOR = {
+    **{k: ("fedavg", "gossip") for k in LEARNING},
+    **{k: ("fedavg",) for k in ("clients-per-round", "weighted")},
+    **{k: ("gossip",) for k in ("active-fraction", "topology", "topology-k", "topology-p", "topology-m", "mixing",
+                                "averaging", "beta")},
+    **{k: ("fedpg",) for k in ("k", "client-fraction")},
 }
 
 
@@ -81,11 +93,12 @@ class FlowerSpec:
                   "init": r.model.init, "lr": r.algorithm.lr, "batch-size": r.algorithm.batch_size,
                   "local-steps": r.algorithm.local_steps, "clients-per-round": r.algorithm.clients_per_round,
                   "weighted": r.algorithm.weighted, "active-fraction": r.algorithm.active_fraction,
-                  "topology": r.topology.name, "topology-k": r.topology.k, "mixing": r.topology.mixing,
+                  "topology": r.topology.name, "topology-k": r.topology.k, "topology-p": r.topology.p,
+                  "topology-m": r.topology.m, "mixing": r.topology.mixing,
                   "averaging": r.algorithm.averaging, "beta": r.algorithm.beta, "vectorized": r.vectorized,
                   "k": self.k, "client-fraction": self.client_fraction, "out": self.out, "capture": self.capture,
                   "min-nodes": self.min_nodes, "round-timeout": self.round_timeout, "node-wait": self.node_wait}
-        return values
+        return {k: KEYS[k][1] if self.algorithm not in ONLY_FOR.get(k, ALGORITHMS) else v for k, v in values.items()}
 
 
 def parse(run_config: dict) -> FlowerSpec:
@@ -108,6 +121,12 @@ def _parse(items: tuple) -> FlowerSpec:
     algorithm = values["algorithm"]
     if algorithm not in ALGORITHMS:
         raise ConfigError(f"algorithm = {algorithm!r} is not one of {', '.join(map(repr, ALGORITHMS))} (--algorithm)")
+    unused = [k for k, users in ONLY_FOR.items() if algorithm not in users and values[k] != KEYS[k][1]]
+    if unused:
+        k = unused[0]
+        raise ConfigError(f"{k} = {values[k]!r} has no effect with algorithm = {algorithm!r} (only "
+                          f"{' and '.join(ONLY_FOR[k])} read{'s' if len(ONLY_FOR[k]) == 1 else ''} it); drop it or "
+                          "change --algorithm")
     overrides = {}
     for k, (dotted, _) in KEYS.items():
         if dotted is None or k == "algorithm":

@@ -318,8 +318,21 @@ def test_load_missing_file(tmp_path):
 
 
 def test_load_directory_is_not_a_file(tmp_path):
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="is a folder, not a TOML file"):
         load(tmp_path)
+
+
+def test_load_names_text_that_is_not_utf8_and_accepts_a_byte_order_mark(tmp_path):
+    """A config saved as UTF-16 (as some Windows editors do) or a binary file is one error naming the file."""
+    for name, data in (("utf16.toml", 'rounds = 2\n'.encode("utf-16")), ("binary.toml", bytes(range(128, 256)))):
+        path = tmp_path / name
+        path.write_bytes(data)
+        with pytest.raises(ConfigError, match="not UTF-8 text") as info:
+            load(path)
+        assert str(path) in str(info.value)
+    bom = tmp_path / "bom.toml"
+    bom.write_bytes('rounds = 2\n'.encode("utf-8-sig"))
+    assert load(bom).rounds == 2
 
 
 def test_load_prefixes_validation_errors_with_the_file(tmp_path):

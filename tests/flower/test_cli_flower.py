@@ -48,9 +48,18 @@ def test_fedavg_run_writes_results_that_match_the_engine(tmp_path, capsys):
     (["--set", "lr"], "--set expects KEY=VALUE"),
     (["--algorithm", "gossip", "--set", "topology=directed_ring"], "static undirected"),
     (["--clients", "0"], "--clients and --rounds must be >= 1"),
+    (["--set", "topology=erdos_renyi"], "topology = 'erdos_renyi' has no effect with algorithm = 'fedavg' (only "
+                                        "gossip reads it)"),
+    (["--algorithm", "fedpg", "--set", "lr=0.5"], "lr = 0.5 has no effect with algorithm = 'fedpg'"),
+    (["--algorithm", "gossip", "--set", "k=3"], "k = 3 has no effect with algorithm = 'gossip' (only fedpg reads it)"),
+    (["--algorithm", "gossip", "--set", "topology=erdos_renyi"], "use a larger p: G(n, p) is connected"),
+    (["--algorithm", "gossip", "--set", "topology=erdos_renyi"], "(on Flower: --set topology-k=..., topology-p="),
+    (["--algorithm", "fedpg", "--data-dir", "{tmp}/nowhere"], "nsl-kdd"),
+    (["--set", "dataset=mnist", "--data-dir", "{tmp}/nowhere"], "mnist"),
 ])
 def test_bad_input_is_one_error_line(tmp_path, capsys, argv, message):
-    assert main(["flower", *argv, "--out", str(tmp_path)]) == 2
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    assert main(["flower", *argv, "--no-progress", "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("fedsim: error: ") and message in err and len(err.strip().splitlines()) == 1
 
