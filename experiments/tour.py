@@ -272,9 +272,13 @@ def runs_part(rows: list[dict], seconds: float) -> Part:
 
 
 def markdown_table(rows: list[dict], columns: list[str]) -> str:
+    """The rows as a Markdown table, each column written as in the terminal (``fedsim.cli.format_column``)."""
+    from fedsim.cli import format_column
+
     head = "| " + " | ".join(columns) + " |"
     sep = "| " + " | ".join("---" for _ in columns) + " |"
-    return "\n".join([head, sep, *("| " + " | ".join(fmt(r.get(c)) for c in columns) + " |" for r in rows)])
+    by_column = [format_column([r.get(c) for r in rows]) for c in columns]
+    return "\n".join([head, sep, *("| " + " | ".join(col[i] for col in by_column) + " |" for i in range(len(rows)))])
 
 
 def report_text(parts: list[Part]) -> str:

@@ -41,19 +41,29 @@ def _parse_override(text: str) -> tuple[str, object]:
     return key.strip(), parsed
 
 
-def _fmt(v) -> str:
-    if isinstance(v, float):
-        if math.isnan(v):
+def format_column(values: list) -> list[str]:
+    """One table column as text, its numbers written alike: '-' for missing, NaN or inf; a column of whole
+    numbers (ints, or floats such as 300.0) with thousands separators; other floats with thousands separators and
+    the decimals that give the smallest nonzero one 4 significant digits (0 to 4 decimals)."""
+    numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
+    whole = all(float(v).is_integer() for v in numbers)
+    smallest = min((abs(v) for v in numbers if v), default=1.0)
+    decimals = min(4, max(0, 3 - math.floor(math.log10(smallest))))
+
+    def one(v) -> str:
+        if v is None or (isinstance(v, float) and not math.isfinite(v)):
             return "-"
-        return f"{v:.4f}" if abs(v) < 1000 else f"{v:,.0f}"
-    if isinstance(v, int):
-        return f"{v:,}"
-    return str(v)
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            return str(v)
+        return f"{int(v):,}" if whole else f"{v:,.{decimals}f}"
+
+    return [one(v) for v in values]
 
 
 def format_table(rows: list[dict], columns: list[str]) -> str:
-    """A plain-text table with one row per dict (missing values shown as '-')."""
-    cells = [[_fmt(r.get(c, float("nan"))) for c in columns] for r in rows]
+    """A plain-text table with one row per dict (missing values shown as '-'; ``format_column``)."""
+    by_column = [format_column([r.get(c) for r in rows]) for c in columns]
+    cells = [[col[i] for col in by_column] for i in range(len(rows))]
     widths = [max([len(c), *(len(row[i]) for row in cells)]) for i, c in enumerate(columns)]
     line = "  ".join(c.rjust(w) for c, w in zip(columns, widths))
     sep = "  ".join("-" * w for w in widths)

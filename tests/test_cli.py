@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from fedsim.cli import format_table, main
+from fedsim.cli import format_column, format_table, main
 from fedsim.config import load
 
 REPO = Path(__file__).resolve().parents[1]
@@ -360,13 +360,20 @@ def test_format_table_aligns_columns_and_shows_nan_as_dash():
     assert len({len(line) for line in lines}) == 1
     assert lines[0].split() == ["run", "acc", "n", "mb"]
     assert set(lines[1].replace(" ", "")) == {"-"}
-    assert lines[2].split() == ["a", "0.5000", "12,345", "1,234"]
+    assert lines[2].split() == ["a", "0.5000", "12,345", "1,234.5000"]   # a column's numbers alike
     assert lines[3].split() == ["longer-name", "-", "7", "0.2500"]
     assert lines[4].split() == ["missing", "-", "-", "-"]
     # right-aligned: every column ends at the same offset in every line
     ends = [m.end() for m in re.finditer(r"\S+", lines[0])]
     for line in lines[2:]:
         assert [m.end() for m in re.finditer(r"\S+", line)] == ends
+
+
+def test_format_column_writes_a_column_alike():
+    assert format_column([300.0, 20.0, None]) == ["300", "20", "-"]                  # whole floats: no decimals
+    assert format_column([15.424, 1212.0, 1741.3]) == ["15.42", "1,212.00", "1,741.30"]
+    assert format_column([0.9783, 16.74, float("inf")]) == ["0.9783", "16.7400", "-"]
+    assert format_column(["fedpg", True, 3]) == ["fedpg", "True", "3"]
 
 
 def test_format_table_without_rows():

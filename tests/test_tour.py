@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from experiments import tour
-from fedsim.cli import main
+from fedsim.cli import format_column, main
 
 TINY = tour.TourSettings(gossip_clients=10, gossip_degree=4, gossip_rounds=4, gossip_seeds=(0, 1),
                          gossip_hidden=(16,), fedpca_clients=5, fedpca_k=5, fedpca_methods=("centralized", "fedpg"),
@@ -45,23 +45,23 @@ def assert_report_holds(text: str, parts: list[tour.Part]) -> None:
             continue
         rows = tables[part.title]
         assert len(rows) == len(part.rows) and part.rows, part.name
-        for shown, row in zip(rows, part.rows):
-            assert list(shown) == part.columns
-            for c in part.columns:
-                assert shown[c] == tour.fmt(row[c]), (part.name, c, shown[c], row[c])
+        for c in part.columns:
+            want = format_column([row.get(c) for row in part.rows])
+            assert [shown[c] for shown in rows] == want, (part.name, c)
+        assert all(list(shown) == part.columns for shown in rows)
         for fig in part.figures:
             assert f"({fig})" in text
 
 
 @pytest.mark.needs_data("nsl-kdd", "mnist-victims")
 def test_tour_report_holds_every_headline_number(tmp_path, data_root):
-    from attacks.experiment import run_attacks
-    from attacks.inversion import InversionConfig
-    from fedsim.experiment import run
-    from fedsim.pipelines import fedpca_nslkdd as pipeline
     from sklearn.metrics import roc_auc_score
 
+    from attacks.experiment import run_attacks
+    from attacks.inversion import InversionConfig
     from fedsim.anomaly import residual_scores
+    from fedsim.experiment import run
+    from fedsim.pipelines import fedpca_nslkdd as pipeline
 
     parts = tour.run_tour(tmp_path, TINY, data_root)
     assert [p.name for p in parts] == ["gossip", "fedpca", "attack"] and not any(p.skipped for p in parts)
@@ -134,8 +134,8 @@ def test_quickstart_parts_none_and_bad_parts(capsys, tmp_path, monkeypatch):
 
 
 def test_markdown_table_formats_numbers():
-    text = tour.markdown_table([{"a": 0.123456, "b": 1234.5, "c": float("nan"), "d": 7}], ["a", "b", "c", "d"])
-    assert text.splitlines()[2] == "| 0.1235 | 1234.50 | - | 7 |"
+    text = tour.markdown_table([{"a": 0.123456, "b": 1234.56, "c": float("nan"), "d": 7}], ["a", "b", "c", "d"])
+    assert text.splitlines()[2] == "| 0.1235 | 1,235 | - | 7 |"
     assert re.fullmatch(r"\| a \| b \| c \| d \|", text.splitlines()[0])
 
 
