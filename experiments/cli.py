@@ -3,6 +3,7 @@ the tour). ``fedsim.cli`` finds them through the ``fedsim.commands`` entry point
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from importlib import resources
@@ -13,14 +14,49 @@ from fedsim.cli import add_run_options, apply_run_options, finish_runs, format_t
 STUDY_HINT = "; run the same command again to resume (finished points are kept)"
 
 
+EXPERIMENT_DESCRIPTION = (
+    "Run a study: its config's grid x seeds, each point in its own folder\n"
+    "(results/<study>/<run-id>/points/; finished points are skipped, an interrupted\n"
+    "sweep resumes), then mean and spread over seeds in metrics.csv / metrics.json\n"
+    "and figures (PNG, SVG). --list shows the studies; fedsim experiment NAME --help\n"
+    "describes one.")
+
+
+class StudyHelp(argparse._HelpAction):
+    """``-h/--help`` of ``fedsim experiment``: after a study NAME, the study's own help (``fedsim.studies.help_text``:
+    what it does, its CPU time, its ``--set`` keys and defaults) above the options; without one, the command's."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        name = getattr(namespace, "name", None)
+        if name is None:
+            parser.print_help()
+            parser.exit()
+        import experiments
+        from fedsim import studies
+        from fedsim.config import ConfigError
+
+        try:
+            text = studies.help_text(experiments.study(name))
+        except ConfigError as e:
+            parser.exit(2, f"fedsim: error: {e}\n")
+        saved = parser.description, parser.usage
+        parser.description = f"fedsim experiment {name}: {experiments.STUDIES[name][1]}.\n\n{text}"
+        parser.usage = f"{parser.prog} {name} [options]"
+        try:
+            parser.print_help()
+        finally:
+            parser.description, parser.usage = saved
+        parser.exit()
+
+
 def register(subparsers) -> None:
     """Add ``fedsim experiment`` to the ``fedsim`` command line (the sub-parsers action of ``fedsim.cli``)."""
     p = subparsers.add_parser(
-        "experiment", help="run a study of experiments/ (a sweep over seeds and settings)",
-        description="Run a study: its config's grid x seeds, each point in its own folder\n"
-                    "(results/<study>/<run-id>/points/; finished points are skipped, an interrupted\n"
-                    "sweep resumes), then mean and spread over seeds in metrics.csv / metrics.json\n"
-                    "and figures (PNG, SVG). --list shows the studies.")
+        "experiment", help="run a study of experiments/ (a sweep over seeds and settings)", add_help=False,
+        description=EXPERIMENT_DESCRIPTION)
+    p.add_argument("-h", "--help", action=StudyHelp,
+                   help="show this help and exit; after NAME: what the study does, how long its CPU default "
+                        "takes and the keys --set accepts, with their defaults")
     p.add_argument("name", nargs="?", help="the study (see --list)")
     p.add_argument("--list", action="store_true", help="list the studies and exit")
     p.add_argument("--config", help="study config TOML (default: experiments/configs/NAME.toml, the CPU-sized one; "

@@ -29,6 +29,7 @@ from fedsim.config import ConfigError
 from fedsim.studies import Point, band_plot
 
 NAME = "fedpca_clients"
+CPU_TIME = "about 3 min (needs NSL-KDD in the data folder)"   # README
 METHODS = ("fedpg", "fedpg-paper", "fedpe-paper", "fedpg-decentralized", "exact-federated", "local-only")
 LABELS = {"fedpg": "clean FedPG", "fedpg-paper": "paper FedPG", "fedpe-paper": "paper FedPE",
           "fedpg-decentralized": "decentralized FedPG", "exact-federated": "exact federated PCA",

@@ -16,6 +16,7 @@ from experiments.leakage_defences import DEFAULTS as SCRIPT_DEFAULTS
 from experiments.leakage_defences import SWEEPS, XLABELS, main, read_rows
 
 NAME = "leakage_defences"
+CPU_TIME = "about 3 min (needs MNIST and the MNIST victims in the data folder)"   # README
 DEFAULTS = {"name": "cpu", "seeds": (0, 1, 2), "sweeps": tuple(SWEEPS), **SCRIPT_DEFAULTS, "lr": 0.1, "clip_rel": 1.0,
             "data_dir": ""}
 GROUP_BY = ("sweep", "level", "strength", "attack")

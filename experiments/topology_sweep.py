@@ -28,6 +28,7 @@ from fedsim.config import ConfigError
 from fedsim.studies import Point, band_plot, fedsim_run, run_config, series
 
 NAME = "topologies"
+CPU_TIME = "about 10 s"   # README
 FAMILIES = {   # study name -> (topologies generator, its parameters from the config, label)
     "ring": ("ring", (), "ring"),
     "torus": ("torus", (), "2-D torus"),

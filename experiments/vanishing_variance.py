@@ -284,8 +284,11 @@ def run_point(cfg: fconfig.RunConfig, folder: str, keep_checkpoint: bool = True)
     return session
 
 
-def check_inputs(study: Study, out: Path) -> dict[Point, fconfig.RunConfig]:
-    """Every point's config, with the data, partitions and existing point folders checked before anything runs."""
+def check_inputs(study: Study, out: Path, overwrite: bool = False) -> dict[Point, fconfig.RunConfig]:
+    """Every point's config, with the data, partitions and existing point folders checked before anything runs.
+
+    A point folder holding a run of another config is a ``RunFolderError`` (one line) unless ``overwrite`` (the
+    caller then removes the study's results: ``run_study``)."""
     from fedsim import data as fdata
     from fedsim import experiment
     from fedsim.config import to_toml
@@ -299,6 +302,8 @@ def check_inputs(study: Study, out: Path) -> dict[Point, fconfig.RunConfig]:
         train, _ = fdata.train_test_split(dataset, cfg.data.test_fraction, seed=seed)
         experiment.partition_clients(cfg, train)
     for p, cfg in configs.items():
+        if overwrite:
+            break
         folder = out / "points" / p.id
         try:
             experiment.check_run_folder(cfg, folder, resume=True)
@@ -307,7 +312,8 @@ def check_inputs(study: Study, out: Path) -> dict[Point, fconfig.RunConfig]:
             if not changes:
                 raise
             raise RunFolderError(f"point {p.id}: {folder} holds a run of another config ({'; '.join(changes)}); "
-                                 "use another --out, or delete that folder to run the point again") from None
+                                 f"pass --overwrite to replace the study's results in {out}, or choose another "
+                                 "--out") from None
     return configs
 
 
@@ -550,6 +556,13 @@ def summary_table(metrics: dict) -> str:
 
 
 NAME = "vanishing_variance"
+OWN_FILES = ("study.toml", "summary.csv")   # the study's files beyond fedsim.studies.STUDY_FILES (--overwrite removes)
+CPU_TIME = "6-13 min with --workers 2 (needs MNIST in the data folder)"   # docs/gossip.md
+
+
+def default_values() -> dict:
+    """The resolved CPU default config (``fedsim experiment vanishing_variance --help`` lists its keys)."""
+    return dataclasses.asdict(load_study(DEFAULT_CONFIG))
 
 
 def summary(cfg: dict, groups: list[dict]) -> list[str]:
@@ -562,24 +575,20 @@ def run_study(config: str | Path | None = None, overrides: dict | None = None, o
     """The whole study (``fedsim experiment vanishing_variance``): resolve, check, run the unfinished points, write
     the metrics (also ``metrics.csv`` = ``summary.csv``, and ``config.toml`` = ``study.toml``) and the figures.
 
-    A folder whose points hold runs of another config is refused (``check_inputs``) unless ``overwrite``: then
-    ``points/`` and the study's files are removed first. Returns a ``fedsim.studies.StudyRun``."""
-    import shutil
-
+    A folder whose points hold runs of another config is refused (``check_inputs``) unless ``overwrite``: then,
+    once the inputs are checked, ``points/`` and the study's files are removed (``fedsim.studies.claim_study_folder``;
+    nothing else is). Returns a ``fedsim.studies.StudyRun``."""
     from fedsim.files import atomic_write_text
-    from fedsim.studies import StudyRun
+    from fedsim.studies import StudyRun, claim_study_folder
 
     if workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {workers}")
     study = load_study(config or DEFAULT_CONFIG, overrides)
     out = Path(out or Path("results") / NAME / study.name)
-    if overwrite:
-        shutil.rmtree(out / "points", ignore_errors=True)
-        for name in ("study.toml", "config.toml", "metrics.json", "metrics.csv", "points.csv", "summary.csv",
-                     "curves.csv"):
-            (out / name).unlink(missing_ok=True)
-    configs = check_inputs(study, out)
+    configs = check_inputs(study, out, overwrite)
     text = study_toml(study)
+    if overwrite:
+        claim_study_folder(out, text, overwrite=True, extra=OWN_FILES)
     atomic_write_text(out / "study.toml", text)
     atomic_write_text(out / "config.toml", text)
     if progress:
@@ -595,15 +604,20 @@ def run_study(config: str | Path | None = None, overrides: dict | None = None, o
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    from fedsim.cli import HelpFormatter
+
+    # fedsim's help format: each default shown once ("(default: X)"; none for None and on/off flags)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     ap.add_argument("--config", default=str(DEFAULT_CONFIG), help="study config (TOML)")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a study key or a run.<section>.<key>; repeatable")
+    ap.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="override a study key or a run.<section>.<key>; repeatable (default: none)")
     ap.add_argument("--workers", type=int, default=1, help="points run in parallel processes")
     ap.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
-                    help="run the points as Ray tasks (local Ray, or the cluster at ADDRESS)")
+                    help="run the points as Ray tasks (local Ray, or the cluster at ADDRESS) (default: no Ray)")
     ap.add_argument("--out", default=None, help="results folder (default: results/vanishing_variance/<name>)")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="replace a run of another config in the results folder (removes only the study's files "
+                         "and points/; without it such a folder is refused)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
     from fedsim.data import DataNotFoundError, MalformedDataError
@@ -611,8 +625,8 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.perf_counter()
     try:
-        done = run_study(args.config, dict(parse_set(s) for s in args.set), args.out, args.workers, args.ray,
-                         progress=not args.quiet)
+        done = run_study(args.config, dict(parse_set(s) for s in args.set or []), args.out, args.workers, args.ray,
+                         progress=not args.quiet, overwrite=args.overwrite)
     except (ConfigError, DataNotFoundError, MalformedDataError, RunFolderError) as e:
         print(f"vanishing_variance: error: {e}", file=sys.stderr)
         return 2

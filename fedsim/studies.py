@@ -165,26 +165,28 @@ def default_config(study) -> Path:
     return Path(study.__file__).resolve().parent / "configs" / f"{study.NAME}.toml"
 
 
+def toml_value(v) -> str:
+    """One value (scalar or list) in TOML syntax."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    if isinstance(v, float) and not math.isfinite(v):
+        return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
+    return repr(v)
+
+
 def toml_text(values: dict) -> str:
     """``values`` (scalars, lists, nested dicts) as TOML: plain keys first, then one [table] per dict."""
-    def fmt(v):
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, str):
-            return json.dumps(v)
-        if isinstance(v, (list, tuple)):
-            return "[" + ", ".join(fmt(x) for x in v) + "]"
-        if isinstance(v, float) and not math.isfinite(v):
-            return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
-        return repr(v)
-
     lines: list[str] = []
 
     def table(prefix: str, table_values: dict) -> None:
         flat = [(k, v) for k, v in table_values.items() if not isinstance(v, dict)]
         if prefix:
             lines.extend(["", f"[{prefix}]"])
-        lines.extend(f"{k} = {fmt(v)}" for k, v in flat)
+        lines.extend(f"{k} = {toml_value(v)}" for k, v in flat)
         for k, v in table_values.items():
             if isinstance(v, dict):
                 table(f"{prefix}.{k}" if prefix else k, v)
@@ -193,20 +195,92 @@ def toml_text(values: dict) -> str:
     return "\n".join(lines).lstrip("\n") + "\n"
 
 
+def default_values(study) -> dict:
+    """The study's default config resolved (``configs/<NAME>.toml`` over ``DEFAULTS``): the keys ``--set`` accepts
+    and their defaults. A study without ``DEFAULTS`` (its own config reader) gives its ``default_values()``."""
+    own = getattr(study, "default_values", None)
+    return own() if own is not None else load_config(study)
+
+
+def toml_comments(path: Path) -> dict[str, str]:
+    """The end-of-line comments of a TOML file's keys and tables, by dotted key (``run.threads``, ``run``)."""
+    comments, table = {}, ""
+    for line in path.read_text().splitlines():
+        text = line.strip()
+        if text.startswith("["):
+            table = text[1:text.index("]")].strip() if "]" in text else table
+            key, rest = table, text[text.index("]") + 1:] if "]" in text else ""
+        elif "=" in text and not text.startswith("#"):
+            name, rest = (t.strip() for t in text.split("=", 1))
+            key = f"{table}.{name}" if table else name
+        else:
+            continue
+        for at in (i for i, c in enumerate(rest) if c == "#"):
+            try:   # the first "#" after a complete value (a "#" inside a string does not parse)
+                if rest[:at].strip():
+                    tomllib.loads(f"v = {rest[:at]}")
+            except tomllib.TOMLDecodeError:
+                continue
+            comments[key] = rest[at + 1:].strip()
+            break
+    return comments
+
+
+def help_text(study, width: int = 100) -> str:
+    """What ``fedsim experiment NAME --help`` says of one study: what it does (its module docstring's first
+    paragraph), how long its CPU default takes (``CPU_TIME``), and every key ``--set`` accepts with its default
+    (and the comment of the default config, ``configs/<NAME>.toml``)."""
+    import textwrap
+
+    path = default_config(study)
+    first = " ".join((study.__doc__ or "").split("\n\n")[0].split()).replace("``", "")
+    lines = [textwrap.fill(first, width)] if first else []
+    cpu = getattr(study, "CPU_TIME", None)
+    lines += ["", textwrap.fill(f"CPU default (experiments/configs/{path.name}): {cpu or 'time not stated'}; "
+                                f"the full-size config: experiments/configs/{path.stem}_full.toml.", width)]
+    values = default_values(study)
+    comments = toml_comments(path) if path.is_file() else {}
+    rows = []
+
+    def walk(prefix: str, table: dict) -> None:
+        for key, value in table.items():
+            dotted = f"{prefix}{key}"
+            if isinstance(value, dict) and value:
+                walk(f"{dotted}.", value)
+            else:
+                rows.append((f"{dotted} = {'{}' if isinstance(value, dict) else toml_value(value)}",
+                             comments.get(dotted, "")))
+
+    walk("", values)
+    lines += ["", f"--set KEY=VALUE keys and their defaults (experiments/configs/{path.name}):"]
+    col = min(max((len(r) for r, c in rows if c), default=0), width // 2)
+    for setting, comment in rows:
+        lines.append(f"  {setting:{col}s}  # {comment}" if comment and len(setting) <= col else
+                     f"  {setting}" + (f"  # {comment}" if comment else ""))
+    tables = [k for k, v in values.items() if isinstance(v, dict)]
+    for key in tables:
+        note = comments.get(key)
+        lines.append(textwrap.fill(f"--set {key}.KEY or {key}.SECTION.KEY sets any key of the [{key}] table, not only "
+                                   "those shown." + (f" [{key}]: {note}." if note else ""), width))
+    return "\n".join(lines)
+
+
 # --- folders ----------------------------------------------------------------------------------------------------
 
-def claim_study_folder(out: Path, config_toml: str, overwrite: bool = False) -> None:
+def claim_study_folder(out: Path, config_toml: str, overwrite: bool = False, extra: tuple[str, ...] = ()) -> None:
     """Check that ``out`` may hold this study run: empty, or a run of the same resolved config.
 
     A run of another config is refused (``RunFolderError`` naming the keys that differ) unless ``overwrite``:
-    then the study's own files and ``points/`` are removed (nothing else is).
+    then the study's own files (``STUDY_FILES`` and the study's ``extra`` ones) and ``points/`` are removed
+    (nothing else is).
     """
     old_path = out / "config.toml"
-    present = [n for n in STUDY_FILES if (out / n).exists()] + (["points/"] if (out / "points").is_dir() else [])
+    files = (*STUDY_FILES, *extra)
+    present = [n for n in files if (out / n).exists()] + (["points/"] if (out / "points").is_dir() else [])
     if not present:
         return
     if overwrite:
-        for name in STUDY_FILES:
+        for name in files:
             (out / name).unlink(missing_ok=True)
         shutil.rmtree(out / "points", ignore_errors=True)
         return

@@ -201,7 +201,40 @@ def test_a_folder_of_another_config_is_refused_before_anything_runs(serial_and_p
     assert vv.main([*TINY, "--set", "run.algorithm.lr=0.05", "--out", str(one)]) == 2
     err = capsys.readouterr().err.strip()
     assert "holds a run of another config (algorithm.lr: 0.1 -> 0.05)" in err and "\n" not in err, err
+    assert "pass --overwrite to replace the study's results" in err, err
     assert mtimes == {p.name: (p / "history.json").stat().st_mtime_ns for p in (one / "points").iterdir()}
+
+
+def test_overwrite_replaces_the_study_results_of_another_config_and_nothing_else(serial_and_parallel, tmp_path,
+                                                                                 capsys):
+    import shutil
+
+    out = tmp_path / "sweep"
+    shutil.copytree(serial_and_parallel[0], out)
+    (out / "notes.txt").write_text("mine")
+    (out / "points" / "stale-point").mkdir()                     # a point of the old config only
+    assert vv.main([*TINY, "--set", "run.algorithm.lr=0.05", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("vanishing_variance: error: ") and "--overwrite" in err and "\n" not in err, err
+    assert vv.main([*TINY, "--set", "run.algorithm.lr=0.05", "--out", str(out), "--overwrite"]) == 0
+    assert "10 point(s) run" in capsys.readouterr().out          # every point ran again
+    metrics = read(out)
+    assert len(metrics["points"]) == 10 and not (out / "points" / "stale-point").exists()
+    assert "lr = 0.05" in (out / "study.toml").read_text() and (out / "config.toml").read_text() == \
+        (out / "study.toml").read_text()
+    assert (out / "notes.txt").read_text() == "mine"              # not the study's: kept
+    assert deterministic(metrics) != deterministic(read(serial_and_parallel[0]))
+    assert vv.main([*TINY, "--set", "run.algorithm.lr=0.05", "--out", str(out)]) == 0   # now its own: resumes
+    assert "\n0 point(s) run" in capsys.readouterr().out
+
+
+def test_help_shows_each_default_once_and_the_overwrite_flag(capsys):
+    with pytest.raises(SystemExit) as stop:
+        vv.main(["--help"])
+    assert stop.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: None)" not in text and text.count("(default: results/vanishing_variance/<name>)") == 1
+    assert "--overwrite" in text and "(default: 1)" in text
 
 
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch):

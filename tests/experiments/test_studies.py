@@ -167,6 +167,40 @@ def test_fedsim_experiment_lists_the_studies(capsys):
         assert name in out
 
 
+def study_help(name: str, capsys) -> str:
+    assert main(["experiment", name, "--help"]) == 0
+    return capsys.readouterr().out
+
+
+def test_each_study_has_its_own_help_with_its_time_and_set_keys(capsys):
+    gossip, topologies = study_help("gossip_clients", capsys), study_help("topologies", capsys)
+    assert gossip != topologies
+    assert "Gossip learning vs the number of nodes" in gossip and "Topology sweep" in topologies   # the docstrings
+    assert "about 1 min with --workers 2" in gossip and "about 10 s" in topologies            # the CPU default's time
+    # the --set keys, with the defaults of configs/<NAME>.toml (and its comments), and no key of the other study
+    assert "nodes = [16, 32, 64, 128, 256, 512, 1024]" in gossip and "run.algorithm.lr = 0.1" in gossip
+    assert "degree = 4" in gossip and "# random 4-regular graphs" in gossip
+    assert "consensus_rounds = 600" in topologies and "run.algorithm.batch_size = 16" in topologies
+    assert "consensus_rounds" not in gossip and "fedavg_fraction" not in topologies
+    for name, key in (("vanishing_variance", "ticks = 3500"), ("fedpca_clients", "k = 30"),
+                      ("leakage_defences", "iterations = 200")):   # no data needed to describe a study
+        text = study_help(name, capsys)
+        assert f"fedsim experiment {name}" in text and key in text and "CPU default" in text
+    general = (main(["experiment", "--help"]), capsys.readouterr().out)
+    assert general[0] == 0 and "--list shows the studies" in general[1] and "--set KEY=VALUE keys" not in general[1]
+    assert main(["experiment", "gossip_clientz", "--help"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fedsim: error: unknown study 'gossip_clientz'") and err.count("\n") == 1
+
+
+def test_toml_comments_are_read_per_dotted_key(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('# a file comment\nname = "a#b"   # the run id\nk = 3\n\n[run]   # the run table\n'
+                    'threads = 1 # one thread\n[run.data]\ndataset = "digits"  #  data  \n')
+    assert studies.toml_comments(path) == {"name": "the run id", "run": "the run table", "run.threads": "one thread",
+                                           "run.data.dataset": "data"}
+
+
 @pytest.mark.parametrize("argv, message", [
     (["experiment", "gossip_clientz"], "unknown study 'gossip_clientz'; did you mean 'gossip_clients'?"),
     (["experiment", "gossip_clients", "--set", "nodez=[16]"], "--set nodez: unknown study key 'nodez'"),

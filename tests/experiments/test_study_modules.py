@@ -116,7 +116,11 @@ def test_vanishing_variance_runs_under_fedsim_experiment(tmp_path, capsys):
     metrics = json.loads((tmp_path / "vv" / "metrics.json").read_text())
     assert {p["method"] for p in metrics["points"]} == {"fl", "corrected"}
     assert main([*argv, "--set", "run.algorithm.lr=0.05"]) == 2     # the points hold runs of another config
-    assert "holds a run of another config" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "holds a run of another config" in err and "--overwrite" in err and err.count("\n") == 1
+    assert main([*argv, "--set", "run.algorithm.lr=0.05", "--overwrite"]) == 0   # as vanishing_variance.py --overwrite
+    assert "2 of 2 point(s) run" in capsys.readouterr().out
+    assert "lr = 0.05" in (tmp_path / "vv" / "study.toml").read_text()
 
 
 def test_leakage_defences_runs_under_fedsim_experiment(tmp_path, require_data):
