@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 from collections.abc import Mapping, Sequence
 
@@ -15,9 +16,61 @@ from fedsim.engine import Result  # noqa: E402
 from fedsim.files import save_figure_atomically  # noqa: E402
 
 
+def _wrap_to_width(text, width: float, renderer) -> bool:
+    """Re-wrap a Text object's lines until it is at most ``width`` display pixels wide; False if it never fits."""
+    original = text.get_text()
+    lines = original.split("\n")
+    for _ in range(8):
+        wide = text.get_window_extent(renderer).width
+        if wide <= width:
+            return True
+        longest = max(lines, key=len)
+        chars = max(8, int(len(longest) * width / wide) - 1)
+        if chars >= len(longest):
+            chars = len(longest) - 1
+        lines = [w for line in lines for w in (textwrap.wrap(line, chars, break_on_hyphens=False) or [""])]
+        text.set_text("\n".join(lines))
+        if max(map(len, lines)) <= 8:
+            break
+    return text.get_window_extent(renderer).width <= width
+
+
+def fit_titles(fig) -> None:
+    """Lay out a figure (``tight_layout``) so that no title is cut off at the saved size: each axes title wider
+    than its axes, and a figure title (``suptitle``) wider than the figure, is wrapped onto more lines."""
+    renderer = fig.canvas.get_renderer()
+    for _ in range(2):   # wrap, lay out (the axes' widths change a little), and check again
+        for ax in fig.axes:
+            if ax.get_visible() and ax.title.get_text():
+                _wrap_to_width(ax.title, ax.get_window_extent(renderer).width, renderer)
+        suptitle = getattr(fig, "_suptitle", None)
+        if suptitle is not None and suptitle.get_text():
+            _wrap_to_width(suptitle, fig.bbox.width * 0.97, renderer)
+        fig.tight_layout()
+
+
+def legend(ax, **kwargs) -> None:
+    """A legend on ``ax`` only when something labelled was drawn (else matplotlib warns "No artists with labels
+    found to put in legend")."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(**kwargs)
+
+
+NOT_FINITE = "nothing to draw:\nevery recorded value is NaN or inf"
+
+
+def say_not_finite(ax, what: str = NOT_FINITE) -> None:
+    """Say in an empty panel why it is empty (a diverged run records NaN / inf), instead of a blank axis."""
+    ax.text(0.5, 0.5, what, transform=ax.transAxes, ha="center", va="center", fontsize=9, color="dimgrey",
+            bbox={"boxstyle": "round", "fc": "white", "ec": "lightgrey"})
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
 def save_figure(fig, path: str | Path, dpi: int = 120) -> Path:
-    """Lay out, save (format from the suffix; atomically, creating the folder) and close a figure."""
-    fig.tight_layout()
+    """Lay out (``fit_titles``), save (format from the suffix; atomically, creating the folder) and close a
+    figure."""
+    fit_titles(fig)
     try:
         return save_figure_atomically(fig, path, dpi=dpi)
     finally:
@@ -44,30 +97,49 @@ def runs_figure(results: dict[str, Result], title: str = ""):
     """
     fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 4))
     shaded, positive = False, False
+    recorded = {"acc": 0, "loss": 0}   # values recorded, finite or not
     for label, res in results.items():
         key = accuracy_key(res)
-        rows = [r for r in res.history if r.get(key) == r.get(key) and key in r]   # evaluated rounds (not NaN)
-        (line,) = ax_acc.plot([r["round"] for r in rows], [r[key] for r in rows], marker=".",
-                              label=f"{label} ({ACCURACY_NAMES.get(key, key)})")
-        band = [r for r in rows if all(r.get(k) == r.get(k) and k in r for k in ("nodes_acc_min", "nodes_acc_max"))]
+        recorded["acc"] += sum(1 for r in res.history if key in r)
+        rows = [r for r in res.history if _finite(r.get(key))]   # evaluated rounds (not NaN / inf)
+        colour = None
+        if rows:
+            (line,) = ax_acc.plot([r["round"] for r in rows], [r[key] for r in rows], marker=".",
+                                  label=f"{label} ({ACCURACY_NAMES.get(key, key)})")
+            colour = line.get_color()
+        band = [r for r in rows if all(_finite(r.get(k)) for k in ("nodes_acc_min", "nodes_acc_max"))]
         if band:
             ax_acc.fill_between([r["round"] for r in band], [r["nodes_acc_min"] for r in band],
-                                [r["nodes_acc_max"] for r in band], alpha=0.15, color=line.get_color(), lw=0,
+                                [r["nodes_acc_max"] for r in band], alpha=0.15, color=colour, lw=0,
                                 label=f"{label} (worst-best node)")
             shaded = True
-        loss = res.column("train_loss")
-        positive |= any(v > 0 for v in loss if v == v)
-        ax_loss.plot(res.column("round"), loss, label=label)
+        loss = [(r["round"], r["train_loss"]) for r in res.history if "round" in r and "train_loss" in r]
+        recorded["loss"] += len(loss)
+        loss = [(t, v) for t, v in loss if _finite(v)]
+        positive |= any(v > 0 for _, v in loss)
+        if loss:
+            ax_loss.plot([t for t, _ in loss], [v for _, v in loss], label=label)
     ax_acc.set(xlabel="round", ylabel="test accuracy (fraction correct)",
-               title="test accuracy" + (" (band: worst to best evaluated node)" if shaded else ""))
+               title="test accuracy" + (" (band: worst-best node)" if shaded else ""))
     ax_loss.set(xlabel="round", ylabel="training loss (cross-entropy)", yscale="log" if positive else "linear",
                 title="local training loss (mean over clients)")
-    for ax in (ax_acc, ax_loss):
+    for ax, what in ((ax_acc, "acc"), (ax_loss, "loss")):
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+        elif recorded[what]:
+            say_not_finite(ax)
     if title:
         fig.suptitle(title)
     return fig
+
+
+def _finite(v) -> bool:
+    """A number that can be drawn: not None, NaN or inf."""
+    try:
+        return v is not None and math.isfinite(v)
+    except TypeError:
+        return False
 
 
 ACCURACY_NAMES = {"global_acc": "global model", "average_acc": "network-average model", "nodes_acc": "node mean"}
@@ -130,7 +202,7 @@ def _series(res: Result, key: str, x_key: str) -> tuple[list, list]:
     xs, ys = [], []
     for row in res.history:
         v = row.get(key)
-        if v is not None and x_key in row and math.isfinite(v):
+        if x_key in row and _finite(v):
             xs.append(row[x_key])
             ys.append(v)
     return xs, ys
@@ -163,7 +235,7 @@ def diagnostics_figure(results: Result | Sequence[Result] | Mapping[str, Result]
     titles = dict(DIAGNOSTIC_PANELS)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, pid in zip(axes[0], panels):
-        positive, banded = False, False
+        positive = False
         for i, (run, res) in enumerate(runs.items()):
             colour, style = colours[i % len(colours)], _LINESTYLES[i % len(_LINESTYLES)]
             if pid == "accuracy":
@@ -172,23 +244,25 @@ def diagnostics_figure(results: Result | Sequence[Result] | Mapping[str, Result]
                 if key is None:
                     continue
                 xs, ys = _series(res, key, x_key)
-                ax.plot(xs, ys, color=colour, label=_label(run, key))
+                if xs:   # NaN / inf everywhere (a diverged run): nothing to draw, no legend entry
+                    ax.plot(xs, ys, color=colour, label=_label(run, ACCURACY_NAMES.get(key, key)))
                 low = f"{key}_min" if f"{key}_min" in keys else None
                 high = f"{key}_max" if f"{key}_max" in keys else None
                 if low:
-                    rows = [r for r in res.history if x_key in r and all(math.isfinite(r.get(k, math.nan))
+                    rows = [r for r in res.history if x_key in r and all(_finite(r.get(k))
                                                                           for k in (key, low, high or key))]
-                    ax.fill_between([r[x_key] for r in rows], [r[low] for r in rows],
-                                    [r[high or key] for r in rows], color=colour, alpha=0.2, lw=0,
-                                    label=_label(run, "min-max over nodes"))
-                    banded = True
+                    if rows:
+                        ax.fill_between([r[x_key] for r in rows], [r[low] for r in rows],
+                                        [r[high or key] for r in rows], color=colour, alpha=0.2, lw=0,
+                                        label=_label(run, "min-max over nodes"))
             elif pid == "weight_var":
                 layers = _layer_keys(res) or (["weight_var_ratio"] if "weight_var_ratio" in res.keys() else [])
                 for j, key in enumerate(layers):
                     xs, ys = _series(res, key, x_key)
                     layer_colour = colours[j % len(colours)] if key != "weight_var_ratio" else colour
-                    ax.plot(xs, ys, color=layer_colour, ls=style,
-                            label=_label(run, key.removeprefix("weight_var_ratio.") if "." in key else "all layers"))
+                    name = key.removeprefix("weight_var_ratio.") if "." in key else "all layers"
+                    if xs:
+                        ax.plot(xs, ys, color=layer_colour, ls=style, label=_label(run, name))
             elif pid == "consensus":
                 xs, ys = _series(res, "consensus", x_key)
                 positive |= any(y > 0 for y in ys)
@@ -198,21 +272,25 @@ def diagnostics_figure(results: Result | Sequence[Result] | Mapping[str, Result]
                 xs, ys, total = [], [], 0.0
                 for row in res.history:
                     v = row.get("bytes_sent", 0)
-                    total += v if v is not None and math.isfinite(v) else 0
+                    total += v if _finite(v) else 0
                     if x_key in row:
                         xs.append(row[x_key])
                         ys.append(total)
                 if "bytes_sent" in res.keys():
                     ax.plot(xs, ys, color=colour, label=_label(run, "bytes sent"))
-        if pid == "weight_var":
+        drawn = bool(ax.get_legend_handles_labels()[0])
+        if pid == "weight_var" and drawn:
             ax.axhline(1.0, color="black", ls="--", lw=1, label="Xavier")
-        if pid == "weight_var" or (pid == "consensus" and positive):  # all zero (one shared model): stay linear
+        if drawn and (pid == "weight_var" or (pid == "consensus" and positive)):  # all zero: stay linear
             ax.set_yscale("log")
         ax.set_ylabel({"accuracy": "test accuracy (fraction correct)", "weight_var": "variance / Xavier variance",
                        "consensus": "mean sq. distance to the mean model", "bytes": "bytes (cumulative)"}[pid])
-        ax.set(xlabel=x_label, title=titles[pid] + (" (line: node mean, band: min-max over nodes)" if banded else ""))
+        ax.set(xlabel=x_label, title=titles[pid])
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        if drawn:
+            ax.legend(fontsize=7)
+        else:   # the panel's metric was recorded (diagnostic_panels), but never as a finite number
+            say_not_finite(ax)
     if title:
         fig.suptitle(title)
     return fig
@@ -244,6 +322,8 @@ def plot_convergence(curves: Mapping[str, Mapping[str, Sequence[float]]], path: 
         if drawn:
             ax.set_yscale("log")
             ax.legend(fontsize=8)
+        elif curves:
+            say_not_finite(ax, "nothing to draw:\nno finite value > 0 (log axis)")
         ax.set(xlabel="round", ylabel=ylabel)
         ax.grid(alpha=0.3, which="both")
     if title:
@@ -260,7 +340,7 @@ def plot_roc_panels(panels: Mapping[str, Mapping[str, tuple]], path: str | Path,
         ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
         ax.set(xlabel="false positive rate", ylabel="true positive rate", title=name)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        legend(ax, fontsize=8)
     if title:
         fig.suptitle(title)
     return save_figure(fig, path)
@@ -286,7 +366,7 @@ def seed_bands_figure(panels: Sequence[tuple[str, str, str, bool]], curves: Mapp
             ax.set_yscale("log")
         ax.set(xlabel=x_label, ylabel=ylabel, title=panel_title)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        legend(ax, fontsize=8)
     if title:
         fig.suptitle(title)
     return fig
@@ -319,5 +399,5 @@ def frontier_figure(groups: Sequence[Mapping], series: Sequence[str] = ("sweep",
             ax.annotate(f"{g[order]:g}", (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
     ax.set(xlabel=x_label or x, ylabel=y_label or y, title=title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    legend(ax, fontsize=7)
     return fig

@@ -128,11 +128,12 @@ def _titles(fig):
 def test_diagnostics_figure_draws_one_panel_per_recorded_metric():
     titles = dict(DIAGNOSTIC_PANELS)
     fig = diagnostics_figure({"gossip": _gossip_history(), "fedavg": _fedavg_history()})
-    banded = titles["accuracy"] + " (line: node mean, band: min-max over nodes)"
-    assert _titles(fig) == [banded, *(titles[p] for p in ("weight_var", "consensus", "bytes"))]
+    # short titles (they fit their panels); the legend says what the line and the band are
+    assert _titles(fig) == [titles[p] for p in ("accuracy", "weight_var", "consensus", "bytes")]
     acc, var, cons, sent = fig.axes
     assert len(acc.collections) == 1  # the gossip min-max band; FedAvg records no per-node spread
-    assert [line.get_label() for line in acc.lines] == ["gossip: nodes_acc", "fedavg: global_acc"]
+    assert [line.get_label() for line in acc.lines] == ["gossip: node mean", "fedavg: global model"]
+    assert [c.get_label() for c in acc.collections] == ["gossip: min-max over nodes"]
     assert list(acc.lines[0].get_xdata()) == [2, 4, 6]  # evaluation rounds only
     assert var.get_yscale() == "log" and cons.get_yscale() == "log"
     xavier = [line for line in var.lines if line.get_label() == "Xavier"]
@@ -143,7 +144,9 @@ def test_diagnostics_figure_draws_one_panel_per_recorded_metric():
     assert {ax.get_xlabel() for ax in fig.axes} == {"round"}
 
     fedavg_only = diagnostics_figure([_fedavg_history()])
-    assert _titles(fedavg_only) == [titles["accuracy"], titles["bytes"]]   # no band drawn: none promised
+    assert _titles(fedavg_only) == [titles["accuracy"], titles["bytes"]]
+    assert not fedavg_only.axes[0].collections and "min-max" not in " ".join(   # no band drawn: none promised
+        t.get_text() for t in fedavg_only.axes[0].get_legend().get_texts())
     assert diagnostic_panels(Result([{"round": 1, "consensus": 0.0}])) == ["consensus"]
     # a consensus of exactly zero (one shared model, no training) cannot go on a log axis
     assert diagnostics_figure(Result([{"round": 1, "consensus": 0.0}])).axes[0].get_yscale() == "linear"
