@@ -125,6 +125,10 @@ def finish_runs(rows: list[dict], results: dict, out_dir: Path, title: str, conf
     table = format_table(rows, SUMMARY_COLUMNS)
     print(table)
     atomic_write_text(out_dir / "summary.txt", table + "\n")
+    for name, result in results.items():
+        problem = divergence(result.history)
+        if problem:
+            print(f"fedsim: note: {name}: {problem}; the run diverged (try a smaller algorithm.lr)", file=sys.stderr)
     plots = [f"plot:    {plot_runs(results, out_dir / 'accuracy.png', title=title)}"]
     if diagnostic_panels(list(results.values())):
         ticks = any(cfg.time.mode == "async" for cfg in configs)
@@ -133,6 +137,27 @@ def finish_runs(rows: list[dict], results: dict, out_dir: Path, title: str, conf
         plots.append(f"         {more}  (node accuracy range, weight variance vs Xavier, consensus, bytes)")
     print(f"\nresults: {out_dir}/  ({listing(out_dir)})")
     print("\n".join(plots))
+
+
+LOSS_LIMIT = 50.0
+"""A mean cross-entropy above this many nats (a probability of e^-50 on the right class) means divergence: a model
+that guesses has ln(classes), 2.3 for 10 classes."""
+
+
+def divergence(history: list[dict]) -> str | None:
+    """What says a run diverged: a final training loss that is NaN/inf, above ``LOSS_LIMIT``, or 10x its first."""
+    losses = [r["train_loss"] for r in history if isinstance(r.get("train_loss"), (int, float))]
+    if not losses:
+        return None
+    last = losses[-1]
+    if not math.isfinite(last):
+        return f"the training loss became {last}"
+    if last > LOSS_LIMIT:
+        return f"the final training loss is {last:.3g} (a model that guesses has ln(classes), 2.3 for 10)"
+    first = next((v for v in losses if math.isfinite(v)), None)
+    if first is not None and first > 0 and last > 10 * first:
+        return f"the training loss grew from {first:.3g} to {last:.3g}"
+    return None
 
 
 def apply_run_options(cfg, args):

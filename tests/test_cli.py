@@ -417,3 +417,20 @@ def test_resume_help_and_readme_name_every_key_a_resume_may_change(capsys):
     for key in RESUME_FREE:
         assert key.replace("data.dir", "data dir") in help_text, key
         assert f"`{key}`" in readme, key
+
+
+def test_divergence_is_said_from_the_training_loss():
+    from fedsim.cli import divergence
+
+    rows = lambda *losses: [{"round": i + 1, "train_loss": v} for i, v in enumerate(losses)]   # noqa: E731
+    assert divergence(rows(2.3, 1.0, 0.4)) is None
+    assert "became nan" in divergence(rows(2.3, float("nan")))
+    assert "4.18e+05" in divergence(rows(3e29, 4.18e5))
+    assert "grew from 0.5 to 6" in divergence(rows(0.5, 1.0, 6.0))
+    assert divergence([{"round": 1}]) is None
+
+
+def test_a_diverged_run_gets_one_note(capsys, tiny_config, tmp_path):
+    code, _, err = cli(capsys, "run", tiny_config, "--out", tmp_path / "o", "--no-progress",
+                       "--set", "algorithm.lr=1e6", "--set", "rounds=3")
+    assert code == 0 and err.count("the run diverged (try a smaller algorithm.lr)") == 1, err
