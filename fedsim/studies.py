@@ -39,7 +39,6 @@ import math
 import multiprocessing
 import shutil
 import statistics
-import sys
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -338,9 +337,9 @@ def map_tasks(fn: Callable, tasks: list[tuple], workers: int = 1, ray: str | Non
     folder must be shared (e.g. NFS) and every node needs fedsim installed. Yields the results as the tasks
     finish; a tqdm bar (stderr) counts them. An error or Ctrl-C cancels the tasks not started yet and is raised.
     """
-    from tqdm import tqdm
+    from fedsim.progress import progress_bar
 
-    bar = tqdm(total=len(tasks), desc=desc, unit="pt", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    bar = progress_bar(len(tasks), desc, "pt", progress)
     try:
         if ray is not None:
             yield from _ray_map(fn, tasks, ray, bar)
