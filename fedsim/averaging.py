@@ -28,7 +28,6 @@ the ``beta`` mix as one sparse product, as cheap as a plain W mix.
 
 from __future__ import annotations
 
-import functools
 import math
 import warnings
 from dataclasses import dataclass
@@ -96,21 +95,19 @@ def _rows_per_chunk(x: torch.Tensor) -> int:
     return max(1, (_CHUNK if x.device.type == "cpu" else _DEVICE_CHUNK) // max(1, x.shape[-1]))
 
 
-@functools.lru_cache(maxsize=None)
-def _blocks(k: int) -> int:
-    """Blocks of a long reduction: the largest divisor of ``k`` up to sqrt(k) (1 below 2^14 entries)."""
-    if k < 1 << 14:
-        return 1
-    return next(d for d in range(math.isqrt(k), 0, -1) if k % d == 0)
-
-
 def _root_sum_of_squares(rows: torch.Tensor) -> torch.Tensor:
     """Root of the sum of squares over the last dim of ``rows`` [m, k]. A float32 norm over 400,000 entries drifts
-    by ~1e-5 (long runs in each vector lane); a norm of per-block norms stays near 1e-7 at the same speed."""
-    b = _blocks(rows.shape[-1])
-    if b > 1:
-        rows = torch.linalg.vector_norm(rows.unflatten(-1, (b, rows.shape[-1] // b)), dim=-1)
-    return torch.linalg.vector_norm(rows, dim=-1)
+    by ~1e-5 (long runs in each vector lane); from 2^14 entries on, it is the norm of the norms of blocks of
+    isqrt(k) entries (the last block takes the remainder), which stays near 1e-7 at the same speed."""
+    k = rows.shape[-1]
+    if k < 1 << 14:
+        return torch.linalg.vector_norm(rows, dim=-1)
+    size = math.isqrt(k)
+    whole = k // size * size
+    parts = torch.linalg.vector_norm(rows[..., :whole].unflatten(-1, (k // size, size)), dim=-1)
+    if whole < k:
+        parts = torch.cat([parts, torch.linalg.vector_norm(rows[..., whole:], dim=-1, keepdim=True)], -1)
+    return torch.linalg.vector_norm(parts, dim=-1)
 
 
 def _squared_deviations(rows: torch.Tensor, slices: list[slice], scratch: torch.Tensor | None) -> tuple[
@@ -338,14 +335,6 @@ def _spmm(crow: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, dense: t
     if add_to is None:   # beta = 0: the contents of out are never read
         return torch.addmm(out, A, dense, beta=0, out=out)
     return torch.addmm(add_to, A, dense, out=out)
-
-
-def receive_matrix(receivers: torch.Tensor, rows: torch.Tensor, values: torch.Tensor, n: int, m: int) -> torch.Tensor:
-    """The sparse [n, m] matrix with ``values[e]`` at (receivers[e], rows[e]) (duplicates summed), as CSR."""
-    A = torch.sparse_coo_tensor(torch.stack([receivers, rows]), values, (n, m), check_invariants=False).coalesce()
-    with warnings.catch_warnings():  # "sparse CSR support is in beta"
-        warnings.simplefilter("ignore", UserWarning)
-        return A.to_sparse_csr()
 
 
 def average_inbox(own: torch.Tensor, inbox: Inbox, avg: Averaging, slices: list[slice],
