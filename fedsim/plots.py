@@ -213,18 +213,18 @@ def _label(run: str, what: str) -> str:
 
 
 def diagnostics_figure(results: Result | Sequence[Result] | Mapping[str, Result], x_label: str = "round",
-                       x_key: str | None = None, title: str = ""):
+                       x_key: str = "round", title: str = ""):
     """A figure with one panel per recorded diagnostic (``diagnostic_panels``), for one or more runs.
 
     Panels: node test accuracy (mean line; min-max band where recorded; runs without per-node accuracy,
     such as FedAvg, show their headline accuracy), weight variance relative to Xavier per layer (log y,
     dashed line at 1 = Xavier), consensus distance (log y), cumulative bytes sent. The x axis is the
-    history column ``x_key`` (default ``x_label``: "round", or e.g. "tick"). Returns the figure, unsaved.
+    history column ``x_key`` ("round": an engine round, which is a tick of asynchronous gossip), labelled
+    ``x_label`` (e.g. "tick"). Returns the figure, unsaved.
     """
     runs = _named_results(results)
     if not runs:
         raise ValueError("no runs to plot")
-    x_key = x_key or x_label
     missing = [name or "run" for name, r in runs.items() if r.history and not any(x_key in row for row in r.history)]
     if missing:
         raise KeyError(f"history column {x_key!r} (the x axis) was never recorded in {', '.join(missing)}")
@@ -297,7 +297,7 @@ def diagnostics_figure(results: Result | Sequence[Result] | Mapping[str, Result]
 
 
 def plot_diagnostics(results: Result | Sequence[Result] | Mapping[str, Result], path: str | Path,
-                     x_label: str = "round", x_key: str | None = None, title: str = "") -> Path:
+                     x_label: str = "round", x_key: str = "round", title: str = "") -> Path:
     """``diagnostics_figure`` saved (atomically, format from the suffix) to ``path``."""
     return save_figure(diagnostics_figure(results, x_label, x_key, title), path)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -47,6 +48,9 @@ class ClientData:
         if any(len(p) == 0 for p in parts):
             empty = [i for i, p in enumerate(parts) if len(p) == 0]
             raise ValueError(f"{len(empty)} clients have no data (e.g. client {empty[0]}); use fewer clients")
+        xs = torch.as_tensor(x)
+        if xs.is_floating_point() and not bool(torch.isfinite(xs).all()):
+            raise ValueError("the samples x contain NaN or inf; clean or impute them first")
         width = max(len(p) for p in parts)
         index = np.zeros((len(parts), width), dtype=np.int64)
         for i, p in enumerate(parts):
@@ -113,6 +117,11 @@ class LocalSGD:
     def __post_init__(self):
         if self.chunk is not None and self.chunk < 1:
             raise ValueError(f"chunk must be >= 1 clients (or None for the default), got {self.chunk}")
+        if not (0 < self.lr < math.inf) or self.batch_size < 1 or self.steps < 0 or not 0 <= self.momentum < 1 \
+                or not 0 <= self.weight_decay < math.inf:
+            raise ValueError(f"LocalSGD needs lr > 0, batch_size >= 1, steps >= 0, 0 <= momentum < 1 and "
+                             f"weight_decay >= 0; got lr={self.lr}, batch_size={self.batch_size}, steps={self.steps}, "
+                             f"momentum={self.momentum}, weight_decay={self.weight_decay}")
         spec = ParamSpec.of(self.model)
         model = self.model
         layers = mlp_layers(model) if self.fused_mlp else None

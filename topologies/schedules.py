@@ -16,7 +16,7 @@ import networkx as nx
 import numpy as np
 import scipy.sparse as sp
 
-from topologies.errors import InvalidTopologyParameterError
+from topologies.errors import DisconnectedGraphError, InvalidTopologyParameterError
 from topologies.mixing import _assemble, _EdgeParts, check_stochastic, push_sum_weights
 from topologies.validation import check_probability, check_seed, validate
 
@@ -55,11 +55,13 @@ class Static:
     ``at`` returns the stored matrix itself; do not modify it in place.
     """
 
-    def __init__(self, W, directed: bool = False):
+    def __init__(self, W, directed: bool = False, allow_disconnected: bool = False):
         self.W = sp.csr_array(W, dtype=np.float64)
         self.directed = bool(directed)
         check_stochastic(self.W, kind="column" if self.directed else "row")
         self.n = self.W.shape[0]
+        if not allow_disconnected:
+            _check_connected(self.W, self.directed)
 
     def at(self, t: int) -> sp.csr_array:
         """W (the same for every round t)."""
@@ -68,6 +70,20 @@ class Static:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(n={self.n}, directed={self.directed})"
+
+
+def _check_connected(W: sp.csr_array, directed: bool) -> None:
+    """Refuse a W whose graph is not (strongly) connected: its parts never reach consensus with each other."""
+    from scipy.sparse.csgraph import connected_components
+
+    count, labels = connected_components(W, directed=directed, connection="strong")
+    if count > 1:
+        sizes = sorted(np.bincount(labels).tolist(), reverse=True)
+        shown = ", ".join(map(str, sizes[:8])) + (", ..." if count > 8 else "")
+        raise DisconnectedGraphError(
+            f"the graph of W ({W.shape[0]} nodes) is {'not strongly connected' if directed else 'disconnected'}: "
+            f"{count} components (sizes {shown}); gossip needs a connected graph (Static(W, "
+            "allow_disconnected=True) to study one anyway)", sizes)
 
 
 class PushSum(Static):

@@ -31,7 +31,7 @@ from typing import Callable, ClassVar
 import torch
 
 from fedsim import memory
-from fedsim.algorithms.gossip import evaluation_rows, population_diagnostics
+from fedsim.algorithms.gossip import averaging_of, check_schedule, evaluation_rows, population_diagnostics
 from fedsim.averaging import Averaging, Inbox, average_inbox, corrected_slices, tensor_variances
 from fedsim.messages import Messages
 from fedsim.metrics import held_out_metrics
@@ -107,6 +107,7 @@ class AsyncGossip:
     in_place: bool = False
 
     def __post_init__(self):
+        object.__setattr__(self, "averaging", averaging_of(self.averaging))
         lo, hi = self.interval
         if not 1 <= lo <= hi:
             raise ValueError(f"interval must be (low, high) with 1 <= low <= high, got {self.interval}")
@@ -121,7 +122,8 @@ class AsyncGossip:
             ParamSpec.of(model), self.averaging.tensors)) if self.averaging.corrects else []
 
     def init(self, fed) -> AsyncGossipState:
-        if fed.schedule is None or fed.schedule.directed:
+        check_schedule(fed, "asynchronous gossip")
+        if fed.schedule.directed:
             raise ValueError("asynchronous gossip needs an undirected topology")
         n, dev, dt = fed.data.n_clients, fed.device, fed.dtype
         x = init_population(self.trainer.model, torch.arange(n), fed.streams, shared=self.same_init, dtype=dt,

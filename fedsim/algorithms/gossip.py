@@ -50,6 +50,25 @@ class GossipState:
         return self.x / self.w[:, None]
 
 
+def averaging_of(averaging: Averaging | str) -> Averaging:
+    """An ``Averaging``, or a rule name for one with default options (``"variance_corrected"``)."""
+    if isinstance(averaging, str):
+        return Averaging(averaging)
+    if not isinstance(averaging, Averaging):
+        raise TypeError(f"averaging must be an fedsim.averaging.Averaging or a rule name, got {averaging!r}")
+    return averaging
+
+
+def check_schedule(fed, algorithm: str) -> None:
+    """Gossip needs the federation's topology, one node per client."""
+    if fed.schedule is None:
+        raise ValueError(f"{algorithm} needs a topology: Federation(..., schedule=topologies.Static(W)) or another "
+                         "topologies schedule")
+    nodes, clients = fed.schedule.at(0).shape[0], fed.data.n_clients
+    if nodes != clients:
+        raise ValueError(f"the topology has {nodes} nodes but the federation {clients} clients (one node each)")
+
+
 def consensus_distance(z: torch.Tensor) -> float:
     """Mean squared distance of the node models to their average."""
     return float(((z - z.mean(0)) ** 2).sum(1).mean())
@@ -75,10 +94,12 @@ class Gossip:
 
     def __post_init__(self):
         check_momentum_has_effect(self.trainer, self.keep_momentum)
+        object.__setattr__(self, "averaging", averaging_of(self.averaging))
         if self.delay < 0:
             raise ValueError(f"delay must be >= 0 rounds, got {self.delay}")
 
     def init(self, fed) -> GossipState:
+        check_schedule(fed, "gossip")
         n = fed.data.n_clients
         if fed.schedule.directed and self.averaging.rule != "plain":
             raise ValueError(f"averaging rule {self.averaging.rule!r} needs an undirected topology: on a directed "

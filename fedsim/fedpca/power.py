@@ -362,6 +362,9 @@ class DecentralizedPower:
             root = math.sqrt(max(1.0 - l2 * l2, 0.0))
             eta = (1.0 - root) / (1.0 + root) if self.chebyshev else 0.0
             rate = math.sqrt(eta) if self.chebyshev else l2
+            if self.gossip_steps is None and rate >= 1:
+                raise ValueError(f"round {t}: the graph of W is disconnected (|lambda_2| = {l2:.3g}): gossip averaging "
+                                 f"never reaches mix_tol = {self.mix_tol:g}; use a connected topology or set gossip_steps")
             K = self.gossip_steps or (1 if rate <= 0 else max(1, math.ceil(math.log(self.mix_tol) / math.log(rate))))
             return SparseW.from_scipy(W, device=fed.clients.C.device, dtype=fed.clients.C.dtype), eta, K
 

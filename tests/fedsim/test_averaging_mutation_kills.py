@@ -373,7 +373,7 @@ def test_an_isolated_node_neither_averages_nor_breaks_the_tick(make_fed, trainer
     """Ring of 5 with the links 3-4 and 4-0 failed: node 4 has no neighbour (the last row of W is e_4), the others
     form the path 0-1-2-3. Node 4 never averages (nothing arrives) and is not counted as averaging."""
     W = topologies.with_failed_links(topologies.ring(5), [(3, 4), (4, 0)])
-    fed = make_fed(5, schedule=topologies.Static(W))
+    fed = make_fed(5, schedule=topologies.Static(W, allow_disconnected=True))
     model = _small_mlp()
     alg = AsyncGossip(trainer(model, steps=0), averaging=Averaging("beta", beta=0.5), interval=(1, 1), same_init=False)
     res = simulate(alg, fed, 2, eval_every=0)

@@ -153,10 +153,13 @@ def test_diagnostics_figure_draws_one_panel_per_recorded_metric():
 
 
 def test_diagnostics_figure_against_ticks_and_refusals():
-    fig = diagnostics_figure(_gossip_history(x_key="tick"), x_label="tick")
+    fig = diagnostics_figure(_gossip_history(x_key="tick"), x_label="tick", x_key="tick")
+    assert {ax.get_xlabel() for ax in fig.axes} == {"tick"}
+    # an async run records its ticks as rounds: labelling the axis "tick" needs no other column (docs/gossip.md)
+    fig = diagnostics_figure(_gossip_history(), x_label="tick")
     assert {ax.get_xlabel() for ax in fig.axes} == {"tick"}
     with pytest.raises(KeyError, match="'tick'"):
-        diagnostics_figure(_gossip_history(), x_label="tick")
+        diagnostics_figure(_gossip_history(), x_key="tick")
     with pytest.raises(ValueError, match="none of the diagnostic metrics"):
         diagnostics_figure(Result([{"round": 1, "train_loss": 0.5}]))
 

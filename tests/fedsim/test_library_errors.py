@@ -1,0 +1,70 @@
+"""Mistakes a researcher makes with the library API get a ValueError / TypeError that names the problem."""
+
+from __future__ import annotations
+
+import networkx as nx
+import numpy as np
+import pytest
+
+import topologies
+from fedsim.algorithms import AsyncGossip, Gossip
+from fedsim.averaging import Averaging
+from fedsim.engine import simulate
+from fedsim.training import ClientData, LocalSGD
+
+
+def _two_triangles():
+    return nx.disjoint_union(nx.complete_graph(3), nx.complete_graph(3))
+
+
+def test_a_disconnected_topology_is_refused_unless_asked_for():
+    W = topologies.metropolis_hastings(_two_triangles())
+    with pytest.raises(topologies.DisconnectedGraphError, match=r"disconnected: 2 components \(sizes 3, 3\)"):
+        topologies.Static(W)
+    assert topologies.Static(W, allow_disconnected=True).n == 6
+
+
+def test_decentralized_power_on_a_disconnected_round_says_so():
+    from fedsim.fedpca.fedpg import PCAFederation
+    from fedsim.fedpca.power import DecentralizedPower
+    from fedsim.fedpca.problem import PCAClients
+    from fedsim.rng import Streams
+
+    g = np.random.default_rng(0)
+    clients = PCAClients.from_blocks([g.normal(size=(20, 5)) for _ in range(6)])
+    W = topologies.metropolis_hastings(_two_triangles())
+    fed = PCAFederation(clients, Streams(0), schedule=topologies.Static(W, allow_disconnected=True))
+    with pytest.raises(ValueError, match=r"disconnected \(\|lambda_2\| = 1\)"):
+        simulate(DecentralizedPower(2), fed, 1, eval_every=0)
+
+
+def test_gossip_options_and_federation_are_checked(make_fed, mlp, trainer):
+    tr = trainer(mlp)
+    assert Gossip(tr, averaging="variance_corrected").averaging == Averaging("variance_corrected")
+    assert AsyncGossip(tr, averaging="plain").averaging == Averaging("plain")
+    with pytest.raises(TypeError, match="averaging must be"):
+        Gossip(tr, averaging=0.5)
+    with pytest.raises(ValueError, match="unknown averaging rule 'foo'"):
+        AsyncGossip(tr, averaging="foo")
+    for alg in (Gossip(tr), AsyncGossip(tr)):
+        with pytest.raises(ValueError, match="needs a topology: Federation"):
+            alg.init(make_fed(6))
+        with pytest.raises(ValueError, match="the topology has 7 nodes but the federation 6 clients"):
+            alg.init(make_fed(6, schedule=topologies.Static(topologies.metropolis_hastings(nx.cycle_graph(7)))))
+
+
+@pytest.mark.parametrize("options, fragment", [
+    ({"lr": -0.1}, "lr=-0.1"), ({"lr": float("nan")}, "lr=nan"), ({"batch_size": 0}, "batch_size=0"),
+    ({"steps": -1}, "steps=-1"), ({"momentum": 1.0}, "momentum=1.0"), ({"weight_decay": -1e-4}, "weight_decay=-0.0001"),
+])
+def test_local_sgd_settings_are_checked(mlp, options, fragment):
+    with pytest.raises(ValueError, match="LocalSGD needs") as info:
+        LocalSGD(mlp, **{"lr": 0.1, **options})
+    assert fragment in str(info.value)
+
+
+def test_samples_with_nan_are_refused():
+    x = np.zeros((4, 3), dtype=np.float32)
+    x[2, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN or inf"):
+        ClientData.from_parts(x, np.zeros(4), [np.arange(2), np.arange(2, 4)])
