@@ -199,6 +199,7 @@ def _fmt(s: dict, spec: str = ".0f") -> str:
 
 def figures(cfg: dict, groups: list[dict], curves: list[dict]) -> dict:
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     import fedsim.plots  # noqa: F401  (the Agg backend)
 
@@ -251,6 +252,7 @@ def figures(cfg: dict, groups: list[dict], curves: list[dict]) -> dict:
                ylabel=f"mean node test accuracy after {cfg['rounds']} rounds",
                title=f"topologies: D-PSGD accuracy vs spectral gap ({data})\nbars: min-max over {seeds} seeds")
         ax.grid(alpha=0.3)
+        ax.xaxis.set_minor_formatter(NullFormatter())   # minor labels (3x10^-1, ...) overlap
         ax.legend(fontsize=7)
         figs["accuracy_vs_gap"] = fig
     return figs

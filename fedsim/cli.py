@@ -95,14 +95,18 @@ def run_one(cfg, out_dir: Path, resume: bool, progress: bool, overwrite: bool = 
     from fedsim.experiment import run
     from fedsim.progress import progress_bar
 
-    bar = progress_bar(cfg.rounds, cfg.name, "round", progress, leave=False)
-    # said once the run has passed its checks and done its first round, so a refusal stays one line
+    # the bar and the note appear once the run has passed its checks and done its first round, so a refusal
+    # (a disconnected graph, a bad checkpoint) stays one line
+    bars = []
     note = [f"fedsim: note: no checkpoint in {out_dir}; --resume starts at round 0"] \
         if resume and not (out_dir / "checkpoint.pt").exists() else []
 
     def on_round(t, state, history):
         while note:
             tqdm.write(note.pop(), file=sys.stderr)
+        if not bars:
+            bars.append(progress_bar(cfg.rounds, cfg.name, "round", progress, leave=False, initial=t))
+        bar = bars[0]
         row = history[-1]
         shown = {k: f"{row[k]:.3f}" for k in ("train_loss", "global_acc", "average_acc") if k in row}
         bar.set_postfix(shown, refresh=False)
@@ -112,7 +116,8 @@ def run_one(cfg, out_dir: Path, resume: bool, progress: bool, overwrite: bool = 
     try:
         result = run(cfg, out_dir, resume=resume, on_round=on_round, overwrite=overwrite)
     finally:
-        bar.close()
+        for bar in bars:
+            bar.close()
     return result, time.perf_counter() - start
 
 

@@ -325,3 +325,11 @@ def test_every_option_shows_its_default(command):
 def test_help_exits_0_in_process(capsys):
     assert main(["topology", "--help"]) == 0
     assert "(default: metropolis)" in " ".join(capsys.readouterr().out.split())
+
+
+def test_a_refused_run_with_progress_on_is_still_one_line(capsys, cwd):
+    """The progress bar appears only after the first round, so an error found while building the run (here a
+    disconnected graph) is the only thing on stderr."""
+    (cwd / "dis.toml").write_text('name = "dis"\nrounds = 3\nclients = 12\n[algorithm]\nname = "gossip"\n'
+                                  '[topology]\nname = "erdos_renyi"\np = 0.02\n')
+    assert "graph is disconnected" in error_line(capsys, cwd, "run", cwd / "dis.toml", "--out", cwd / "o")

@@ -70,6 +70,9 @@ class FedAvg:
         check_momentum_has_effect(self.trainer, self.keep_momentum)
 
     def init(self, fed) -> FedAvgState:
+        if not 1 <= self.clients_per_round <= fed.data.n_clients:
+            raise ValueError(f"clients_per_round = {self.clients_per_round} must be in 1..{fed.data.n_clients} (the "
+                             "federation's clients)")
         params = init_population(self.trainer.model, torch.zeros(1, dtype=torch.int64), fed.streams,
                                  dtype=fed.dtype, device=fed.device, init=self.init_scheme)[0]
         buffers = None

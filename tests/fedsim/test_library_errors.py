@@ -68,3 +68,11 @@ def test_samples_with_nan_are_refused():
     x[2, 1] = np.nan
     with pytest.raises(ValueError, match="NaN or inf"):
         ClientData.from_parts(x, np.zeros(4), [np.arange(2), np.arange(2, 4)])
+
+
+def test_fedavg_samples_no_more_clients_than_there_are(make_fed, mlp, trainer):
+    from fedsim.algorithms import FedAvg
+
+    for k in (0, 7):
+        with pytest.raises(ValueError, match=f"clients_per_round = {k} must be in 1..6"):
+            FedAvg(trainer(mlp), k).init(make_fed(6))
