@@ -92,6 +92,31 @@ class Trained(NamedTuple):
     momentum: torch.Tensor | None   # [m, P] momentum buffers after the steps (None when momentum = 0)
 
 
+def check_model_fits(model: nn.Module, data: ClientData, test_x: torch.Tensor, test_y: torch.Tensor) -> None:
+    """One-line ValueErrors, before any training, for a model that does not take the federation's samples or has
+    fewer outputs than there are labels, and for a test set whose samples or labels do not match."""
+    shape = tuple(data.x.shape[1:])
+    if tuple(test_x.shape[1:]) != shape or len(test_x) != len(test_y):
+        raise ValueError(f"the test set ({len(test_x)} samples of shape {tuple(test_x.shape[1:])}, {len(test_y)} "
+                         f"labels) does not match the clients' samples of shape {shape}")
+    weight = next(model.parameters(), None)
+    sample = data.x[:2].to(weight.device if weight is not None else data.x.device)
+    training = model.training
+    try:
+        with torch.no_grad():
+            out = model.eval()(sample.to(weight.dtype) if weight is not None else sample)
+    except RuntimeError as e:
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise ValueError(f"the model does not take samples of shape {shape} ({first}); build it for this data "
+                         "set") from None
+    finally:
+        model.train(training)
+    top = int(max(data.y.max(), test_y.max())) if len(test_y) else int(data.y.max())
+    if out.shape[-1] <= top:
+        raise ValueError(f"the model has {out.shape[-1]} outputs but the labels go up to {top}: it needs one output "
+                         "per class")
+
+
 @dataclass(frozen=True)
 class LocalSGD:
     """``steps`` steps of mini-batch SGD (cross-entropy, optional momentum and weight decay) per round.

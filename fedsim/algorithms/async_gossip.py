@@ -19,8 +19,8 @@ a "round" of the engine is one tick, and every tick is a few batched calls over 
    and empties its inbox. Inboxes are running sums (``fedsim.averaging.Inbox``): no stored copies of models.
 
 With ``interval = (1, 1)``, no delay and no churn every node trains, sends and averages in every tick: the
-synchronous ``Gossip`` round with the same rule (within float rounding: the sums run in another order; tested). The state holds everything, messages in flight
-included, so a run checkpoints and resumes bit for bit.
+synchronous ``Gossip`` round with the same rule (within float rounding: the sums run in another order; tested).
+The state holds everything, messages in flight included, so a run checkpoints and resumes bit for bit.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from fedsim.messages import Messages
 from fedsim.metrics import held_out_metrics
 from fedsim.mixing import SparseW
 from fedsim.state import ParamSpec, init_population
-from fedsim.training import LocalSGD
+from fedsim.training import LocalSGD, check_model_fits
 
 
 @dataclass(frozen=True)
@@ -123,6 +123,7 @@ class AsyncGossip:
 
     def init(self, fed) -> AsyncGossipState:
         check_schedule(fed, "asynchronous gossip")
+        check_model_fits(self.trainer.model, fed.data, fed.test_x, fed.test_y)
         if fed.schedule.directed:
             raise ValueError("asynchronous gossip needs an undirected topology")
         n, dev, dt = fed.data.n_clients, fed.device, fed.dtype
@@ -180,8 +181,8 @@ class AsyncGossip:
             everyone = len(trainers) == n   # (tick 0, every clock at 1): no gathers, the results are the state
             momentum = state.momentum
             kept = None if momentum is None else (momentum if everyone else momentum.index_select(0, trainers))
-            params, losses, buffers = train(state.x if everyone else state.x.index_select(0, trainers), trainers, t, fed.data,
-                                            fed.streams, momentum=kept)
+            rows = state.x if everyone else state.x.index_select(0, trainers)
+            params, losses, buffers = train(rows, trainers, t, fed.data, fed.streams, momentum=kept)
             if everyone:
                 new.set("x", params)
             else:

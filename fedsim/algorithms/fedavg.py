@@ -12,7 +12,7 @@ from fedsim.messages import SERVER, Messages
 from fedsim.metrics import held_out_metrics, weight_var_ratio
 from fedsim.state import ParamSpec, init_population, xavier_variance
 from fedsim.rng import Streams
-from fedsim.training import ClientData, LocalSGD, Trained, check_momentum_has_effect, local_step
+from fedsim.training import ClientData, LocalSGD, Trained, check_model_fits, check_momentum_has_effect, local_step
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,7 @@ class FedAvg:
         if not 1 <= self.clients_per_round <= fed.data.n_clients:
             raise ValueError(f"clients_per_round = {self.clients_per_round} must be in 1..{fed.data.n_clients} (the "
                              "federation's clients)")
+        check_model_fits(self.trainer.model, fed.data, fed.test_x, fed.test_y)
         params = init_population(self.trainer.model, torch.zeros(1, dtype=torch.int64), fed.streams,
                                  dtype=fed.dtype, device=fed.device, init=self.init_scheme)[0]
         buffers = None

@@ -29,7 +29,7 @@ from fedsim.mixing import SparseW, combine
 from fedsim.metrics import held_out_metrics, weight_var_ratio
 from fedsim.rng import sample_clients
 from fedsim.state import ParamSpec, init_population, xavier_variance
-from fedsim.training import LocalSGD, check_momentum_has_effect, local_step
+from fedsim.training import LocalSGD, check_model_fits, check_momentum_has_effect, local_step
 
 
 @dataclass(frozen=True)
@@ -100,6 +100,7 @@ class Gossip:
 
     def init(self, fed) -> GossipState:
         check_schedule(fed, "gossip")
+        check_model_fits(self.trainer.model, fed.data, fed.test_x, fed.test_y)
         n = fed.data.n_clients
         if fed.schedule.directed and self.averaging.rule != "plain":
             raise ValueError(f"averaging rule {self.averaging.rule!r} needs an undirected topology: on a directed "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import networkx as nx
 import numpy as np
 import pytest
@@ -76,3 +78,24 @@ def test_fedavg_samples_no_more_clients_than_there_are(make_fed, mlp, trainer):
     for k in (0, 7):
         with pytest.raises(ValueError, match=f"clients_per_round = {k} must be in 1..6"):
             FedAvg(trainer(mlp), k).init(make_fed(6))
+
+
+def test_a_model_or_test_set_that_does_not_fit_the_data_is_named_before_training(make_fed, trainer):
+    import torch
+
+    from fedsim.algorithms import FedAvg
+    from fedsim.models import build_model
+
+    ring = topologies.Static(topologies.metropolis_hastings(nx.cycle_graph(6)))
+    fed = make_fed(6, schedule=ring)
+    for alg in (Gossip(trainer(build_model("mlp", (1, 28, 28), 10, (16,)))),
+                AsyncGossip(trainer(build_model("mlp", (1, 28, 28), 10, (16,)))),
+                FedAvg(trainer(build_model("mlp", (1, 28, 28), 10, (16,))), 3)):
+        with pytest.raises(ValueError, match=r"the model does not take samples of shape \(1, 8, 8\)"):
+            alg.init(fed)
+    with pytest.raises(ValueError, match="the model has 5 outputs but the labels go up to 9"):
+        Gossip(trainer(build_model("mlp", (1, 8, 8), 5, (16,)))).init(fed)
+    short = dataclasses.replace(fed, test_x=fed.test_x[:, :, :4])
+    with pytest.raises(ValueError, match=r"the test set .* does not match the clients' samples of shape \(1, 8, 8\)"):
+        Gossip(trainer(build_model("mlp", (1, 8, 8), 10, (16,)))).init(short)
+    assert torch.is_tensor(Gossip(trainer(build_model("mlp", (1, 8, 8), 10, (16,)))).init(fed).x)
