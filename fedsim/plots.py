@@ -287,7 +287,10 @@ def diagnostics_figure(results: Result | Sequence[Result] | Mapping[str, Result]
                        "consensus": "mean sq. distance to the mean model", "bytes": "bytes (cumulative)"}[pid])
         ax.set(xlabel=x_label, title=titles[pid])
         ax.grid(alpha=0.3)
-        if drawn:
+        entries = len(ax.get_legend_handles_labels()[0])
+        if entries > 4:   # many runs or layers: below the panel, where it hides no curve
+            ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
+        elif drawn:
             ax.legend(fontsize=7)
         else:   # the panel's metric was recorded (diagnostic_panels), but never as a finite number
             say_not_finite(ax)

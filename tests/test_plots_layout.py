@@ -159,3 +159,20 @@ def test_gossip_clients_figures_fit_their_titles_and_say_when_no_run_reached_the
     else:
         assert rounds.get_legend() is None and "no run reached 70%" in panel_texts(rounds)
     assert acc.get_legend() is not None
+
+
+def test_a_legend_of_many_layers_sits_below_its_panel_not_on_the_curves():
+    import math
+
+    from fedsim.engine import Result
+    from fedsim.plots import diagnostics_figure, fit_titles
+
+    rows = [{"round": t, "weight_var_ratio": 0.5, **{f"weight_var_ratio.l{i}.weight": 0.3 + 0.01 * t * (i + 1)
+                                                      for i in range(6)}, "consensus": math.exp(-t)}
+            for t in range(1, 20)]
+    fig = diagnostics_figure(Result(rows))
+    fit_titles(fig)
+    renderer = fig.canvas.get_renderer()
+    weight, consensus = fig.axes[0], fig.axes[1]
+    assert weight.get_legend().get_window_extent(renderer).y1 <= weight.get_window_extent(renderer).y0
+    assert consensus.get_legend().get_window_extent(renderer).y0 >= consensus.get_window_extent(renderer).y0
