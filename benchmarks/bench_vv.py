@@ -103,9 +103,9 @@ def _federation(model_name: str, n: int, dev, per_client: int = 64):
 def _chunk(model_name: str, dev) -> int | None:
     """Nodes per batched training call: the MLP's working set is tiny, so all of them on CPU; else the library's
     default (``LocalSGD.chunk_for``: a CNN node's gradient on its own on CPU, 256 on an accelerator)."""
-    if dev.type != "cpu":
-        return 1 << 30 if model_name == "mlp" else None
-    return 1024 if model_name == "mlp" else None
+    if model_name != "mlp":
+        return None
+    return 1024 if dev.type == "cpu" else 1 << 30
 
 
 def _rss_mb() -> float:

@@ -409,9 +409,12 @@ def average_received(own: torch.Tensor, receivers: torch.Tensor, rows: torch.Ten
     if not len(receivers):
         return own.clone()
     share = (1 - avg.beta) / count.clamp_min(1).to(dtype)
-    crow, order = _by_receiver(count, receivers, rows, len(payload))
-    A = _csr(crow, rows[order], share[receivers[order]], len(payload))
-    if payload is own and avg.beta:   # own's rows are payload rows: beta on the diagonal, one product
+    correct = avg.corrects and bool(slices)
+    diagonal = payload is own and bool(avg.beta)   # own's rows are payload rows: beta on the diagonal, one product
+    if correct or not diagonal:
+        crow, order = _by_receiver(count, receivers, rows, len(payload))
+        A = _csr(crow, rows[order], share[receivers[order]], len(payload))
+    if diagonal:
         nodes = torch.arange(n, device=receivers.device)
         to, of = torch.cat([receivers, nodes]), torch.cat([rows, nodes])
         crow_own, order_own = _by_receiver(count + 1, to, of, n)
@@ -421,7 +424,7 @@ def average_received(own: torch.Tensor, receivers: torch.Tensor, rows: torch.Ten
         out = _product(A, payload)
         if avg.beta:
             out.add_(own, alpha=avg.beta)
-    if avg.corrects and slices:
+    if correct:
         goal = torch.sparse.mm(A, tensor_variances(payload, slices, avg.unbiased)).div_(1 - avg.beta)
         if avg.target == "follow_beta":
             goal = avg.beta * tensor_variances(own, slices, avg.unbiased) + (1 - avg.beta) * goal

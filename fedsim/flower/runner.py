@@ -119,19 +119,6 @@ def summary(result: dict, mode: str) -> str:
     return "\n".join(lines)
 
 
-def check_data(spec) -> None:
-    """Load the run's data set here once, so that a missing or damaged data folder is one error before any node
-    starts (a DataNotFoundError / MalformedDataError), not a rejected reply per node."""
-    if spec.algorithm == "fedpg":
-        from fedsim.data import nslkdd
-
-        nslkdd.load_nslkdd("train", spec.run.data.dir or None)
-    else:
-        from fedsim import data
-
-        data.load(spec.run.data.dataset, spec.run.data.dir or None)
-
-
 def _fmt(v) -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "-"
@@ -159,6 +146,8 @@ def cmd_flower(args) -> int:
             raise RunFolderError(f"{out} holds {', '.join(own)} of another Flower run; use --overwrite or another --out")
     for n in own if args.overwrite else ():
         (out / n).unlink()
+    from fedsim.flower.spec import check_data
+
     check_data(spec)
     if not args.no_progress:
         print(f"running {spec.algorithm} on Flower ({args.mode}), {spec.run.clients} clients, {spec.run.rounds} "

@@ -165,6 +165,15 @@ def make_spec(algorithm: str = "fedavg", **values) -> FlowerSpec:
     return parse({"algorithm": algorithm, **{k.replace("_", "-"): v for k, v in values.items()}})
 
 
+def check_data(spec: FlowerSpec) -> None:
+    """Load the run's data here, through the same cached functions the nodes call (in process they then reuse it),
+    so that a missing or damaged data folder is one error before any node starts, not a rejected reply per node."""
+    if spec.algorithm == "fedpg":
+        _nslkdd_raw(spec.run.data.dir, spec.run.clients, spec.run.seed)
+    else:
+        split_of(spec.run)
+
+
 # -- data a node loads for itself ----------------------------------------------------------------------------
 
 @functools.lru_cache(maxsize=4)
