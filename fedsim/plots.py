@@ -385,9 +385,11 @@ def frontier_figure(groups: Sequence[Mapping], series: Sequence[str] = ("sweep",
                     y_label: str = "", title: str = ""):
     """A trade-off frontier from a study's aggregated groups (``fedsim.studies.aggregate``: metric -> {mean, min,
     max, ...}): one line per value of the ``series`` keys through (mean x, mean y), ordered by ``order``, with
-    min-max bars over seeds on both axes and each point labelled with its ``order`` value. Returns the figure."""
+    min-max bars over seeds on both axes and each point labelled with its ``order`` value (a label that would
+    cover another is moved to a free side of its point, or left out). Returns the figure."""
     fig, ax = plt.subplots(figsize=(6.5, 5))
     keys = list(dict.fromkeys(tuple(g[k] for k in series) for g in groups))
+    points = []
     for key in keys:
         pts = sorted((g for g in groups if tuple(g[k] for k in series) == key
                       and g[x]["mean"] is not None and g[y]["mean"] is not None), key=lambda g: g[order])
@@ -398,9 +400,29 @@ def frontier_figure(groups: Sequence[Mapping], series: Sequence[str] = ("sweep",
         yerr = [[m - g[y]["min"] for m, g in zip(ys, pts)], [g[y]["max"] - m for m, g in zip(ys, pts)]]
         label = (labels or {}).get(key, ", ".join(map(str, key)))
         ax.errorbar(xs, ys, xerr=xerr, yerr=yerr, marker="o", ms=4, capsize=2, lw=1, label=label)
-        for g, xi, yi in zip(pts, xs, ys):
-            ax.annotate(f"{g[order]:g}", (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        points += [(f"{g[order]:g}", xi, yi) for g, xi, yi in zip(pts, xs, ys)]
     ax.set(xlabel=x_label or x, ylabel=y_label or y, title=title)
     ax.grid(alpha=0.3)
     legend(ax, fontsize=7)
+    label_points(ax, points)
     return fig
+
+
+_LABEL_OFFSETS = ((3, 3), (3, -10), (-3, 3), (-3, -10), (3, -3), (-3, -3))   # points, right/left of the marker
+
+
+def label_points(ax, points: Sequence[tuple[str, float, float]], fontsize: int = 7) -> None:
+    """Annotate (text, x, y) points in data coordinates, each beside its point where it covers no label placed
+    before it (tried on six sides); a label with no free side is left out (its point sits on another's)."""
+    ax.get_xlim(), ax.get_ylim()   # settle the autoscaled limits before measuring in display coordinates
+    renderer = ax.figure.canvas.get_renderer()
+    placed = []
+    for text, x, y in points:
+        for dx, dy in _LABEL_OFFSETS:
+            note = ax.annotate(text, (x, y), fontsize=fontsize, xytext=(dx, dy), textcoords="offset points",
+                               ha="left" if dx > 0 else "right")
+            box = note.get_window_extent(renderer)
+            if not any(box.overlaps(other) for other in placed):
+                placed.append(box)
+                break
+            note.remove()

@@ -126,3 +126,25 @@ def test_frontier_orders_by_strength_with_min_max_bars():
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["noise, ig"]
     assert [t.get_text() for t in ax.texts] == ["0", "0.01", "0.1"]
     plt.close(fig)
+
+
+def test_frontier_labels_do_not_cover_each_other():
+    """Points closer than a label's size: each label moves to a free side or is left out; none overlap."""
+    from fedsim.plots import frontier_figure
+
+    def stat(v):
+        return {"mean": v, "min": v, "max": v}
+
+    strengths = [0.0, 0.001, 0.01, 0.1, 1.0]
+    groups = [{"sweep": sweep, "attack": "dia", "strength": s, "test_acc": stat(0.9 - 0.001 * i),
+               "ssim": stat(0.5 + 0.002 * i)} for sweep in ("noise", "clip") for i, s in enumerate(strengths)]
+    groups.append({"sweep": "noise", "attack": "dia", "strength": 10.0, "test_acc": stat(0.5), "ssim": stat(0.05)})
+    fig = frontier_figure(groups)
+    (ax,) = fig.axes
+    renderer = fig.canvas.get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in ax.texts]
+    assert all(not a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    texts = [t.get_text() for t in ax.texts]
+    assert "10" in texts and len(texts) >= 4            # the lone point and some of the cluster keep their labels
+    assert len(texts) < len(groups)                     # eleven labels do not fit around one spot
+    plt.close(fig)
