@@ -69,6 +69,16 @@ def splitmix64_numpy(z: np.ndarray) -> np.ndarray:
     return z ^ (z >> np.uint64(31))
 
 
+def _numpy_path(device: torch.device) -> bool:
+    """Whether draws for tensors on ``device`` run in NumPy (CPU) rather than in torch ops on the device."""
+    return device.type == "cpu"
+
+
+def _unit_interval(words: torch.Tensor) -> torch.Tensor:
+    """Float64 numbers in [0, 1) from the top 53 bits of int64 random words (torch ops, any device)."""
+    return _srl(words, 11).to(torch.float64) * (1.0 / (1 << 53))
+
+
 @functools.lru_cache(maxsize=256)
 def _purpose_hash(purpose: str) -> int:
     return int.from_bytes(hashlib.sha256(purpose.encode()).digest()[:8], "little")
@@ -107,7 +117,7 @@ class Streams:
     def bits(self, purpose: str, clients: torch.Tensor, round: int | None, shape: tuple[int, ...]) -> torch.Tensor:
         """Raw int64 random words, shape ``[len(clients), *shape]``; row r is client ``clients[r]``'s stream."""
         clients = torch.as_tensor(clients, dtype=torch.int64)
-        if clients.device.type == "cpu":
+        if _numpy_path(clients.device):
             return torch.from_numpy(self._words(purpose, clients, round, shape).view(np.int64))
         return self._tensor_words(purpose, clients, round, shape)
 
@@ -132,11 +142,11 @@ class Streams:
                 dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """Uniform [0, 1) numbers, shape ``[len(clients), *shape]`` (53 random bits, rounded to dtype)."""
         clients = torch.as_tensor(clients, dtype=torch.int64)
-        if clients.device.type == "cpu":
+        if _numpy_path(clients.device):
             words = self._words(purpose, clients, round, shape)
             u = torch.from_numpy((words >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53)))
         else:
-            u = _srl(self._tensor_words(purpose, clients, round, shape), 11).to(torch.float64) * (1.0 / (1 << 53))
+            u = _unit_interval(self._tensor_words(purpose, clients, round, shape))
         return u.to(dtype).clamp_(max=1.0 - torch.finfo(dtype).eps / 2) if dtype != torch.float64 else u
 
     def randint(self, purpose: str, clients: torch.Tensor, round: int | None, high: torch.Tensor | int,

@@ -33,6 +33,10 @@ class PCAClients:
     C: torch.Tensor
     n: torch.Tensor
 
+    def __post_init__(self):
+        if not torch.is_floating_point(self.n):   # integer counts: weights n_i / n in C's precision, not float32
+            object.__setattr__(self, "n", self.n.to(self.C.dtype))
+
     @staticmethod
     def from_blocks(blocks: Sequence[np.ndarray], dtype: torch.dtype = torch.float64,
                     device: str | torch.device = "cpu") -> "PCAClients":

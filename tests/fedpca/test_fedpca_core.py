@@ -199,3 +199,12 @@ def test_bad_options_are_named():
         FedPG(3, client_fraction=0.0)
     with pytest.raises(ValueError, match="client 1"):
         PCAClients.from_blocks([np.zeros((3, 4)), np.full((3, 4), np.nan)])
+
+
+def test_integer_sample_counts_become_the_statistics_dtype():
+    """Hand-built clients with int64 counts: the weights n_i / n are taken in C's float64, not in float32."""
+    n = torch.tensor([3, 7, 11])
+    clients = PCAClients(torch.eye(4, dtype=torch.float64).expand(3, 4, 4).clone(), n)
+    assert clients.n.dtype == torch.float64
+    weights = clients.n / clients.n.sum()
+    assert abs(float(weights[0]) - 3 / 21) < 1e-15

@@ -59,19 +59,59 @@ def test_seed_must_be_int():
         Streams("0")
 
 
-def test_numpy_words_on_cpu_equal_the_tensor_path_bit_for_bit():
-    """CPU draws go through NumPy uint64 arrays, accelerators through int64 tensor ops: the same bits."""
+def test_numpy_draws_on_cpu_equal_the_accelerator_path_bit_for_bit(monkeypatch):
+    """CPU draws go through NumPy uint64 arrays, accelerators through int64 torch ops: the same bits, the same
+    uniforms and integers (the torch path forced on CPU here)."""
     import numpy as np
 
-    from fedsim.rng import splitmix64_numpy
+    import fedsim.rng as rng
 
     values = [0, 1, 2, 12345, 2**62 + 7, 2**63 - 1, -1, -(2**63)]
-    got = splitmix64_numpy(np.array(values, dtype=np.int64).view(np.uint64)).tolist()
+    got = rng.splitmix64_numpy(np.array(values, dtype=np.int64).view(np.uint64)).tolist()
     assert got == [splitmix64(v & (2**64 - 1)) for v in values]
     s = Streams(2**40 + 3)
     clients = torch.tensor([0, 7, 2**40, 2**63 - 1, 5])
-    for round, shape in ((0, (3, 32)), (None, ()), (17, (5,))):
-        assert torch.equal(s.bits("batch", clients, round, shape), s._tensor_words("batch", clients, round, shape))
-    u = s.uniform("x", clients[::2], 4, (64,), dtype=torch.float64)   # a non-contiguous view of the ids
-    words = s._tensor_words("x", clients[::2].contiguous(), 4, (64,))
-    assert torch.equal(u, ((words >> 11) & ((1 << 53) - 1)).to(torch.float64) / (1 << 53))
+    cases = [("bits", (clients, r, shape)) for r, shape in ((0, (3, 32)), (None, ()), (17, (5,)))]
+    cases += [("uniform", (clients[::2], 4, (64,), dtype)) for dtype in (torch.float64, torch.float32)]
+    cases += [("randint", (clients, 9, torch.tensor([1, 3, 10, 2**40, 7]), (50,))), ("randint", (clients, 2, 6))]
+    numpy_draws = [getattr(s, name)("x", *args) for name, args in cases]
+    monkeypatch.setattr(rng, "_numpy_path", lambda device: False)
+    for (name, args), want in zip(cases, numpy_draws):
+        got = getattr(s, name)("x", *args)
+        assert got.dtype == want.dtype and torch.equal(got, want), name
+
+
+def test_signed_reinterprets_the_64_bits():
+    """``_signed`` is the two's-complement reading of an unsigned 64-bit word (numpy's view as the reference)."""
+    import numpy as np
+
+    from fedsim.rng import _signed
+
+    for v in (0, 1, 2**63 - 1, 2**63, 2**63 + 1, 2**64 - 1, 0xBF58476D1CE4E5B9):
+        assert _signed(v) == int(np.array([v], dtype=np.uint64).view(np.int64)[0])
+
+
+def test_every_key_part_selects_its_own_stream():
+    """Client and round select distinct streams in every interface; "no client" / "no round" are streams of their
+    own, not client or round 1; the client ids may come in any integer dtype."""
+    s = Streams(5)
+    assert s.key("p", None, 3) != s.key("p", 1, 3) and s.key("p", 2, None) != s.key("p", 2, 1)
+    assert s.key("p", None, None) not in {s.key("p", c, r) for c in range(4) for r in range(4)}
+    gen = [torch.rand(4, generator=s.generator("p", c, r)) for c, r in ((1, 4), (2, 4), (1, 5), (None, 4))]
+    assert all(not torch.equal(a, b) for i, a in enumerate(gen) for b in gen[i + 1:])
+    draws = [s.numpy("p", c, r).random(4) for c, r in ((1, 4), (2, 4), (1, 5), (None, 4))]
+    assert all(not (a == b).all() for i, a in enumerate(draws) for b in draws[i + 1:])
+    ids = torch.tensor([3, 1, 4])
+    for dtype in (torch.int32, torch.int16):
+        assert torch.equal(s.bits("b", ids.to(dtype), 2, (3,)), s.bits("b", ids, 2, (3,)))
+        assert torch.equal(s.uniform("b", ids.to(dtype), 2, (3,)), s.uniform("b", ids, 2, (3,)))
+    assert torch.equal(s.uniform("b", [3, 1, 4], 2, (3,)), s.uniform("b", ids, 2, (3,)))
+
+
+def test_randint_uses_all_53_bits():
+    """Integers below 2^40 come from a float64 uniform: their low 16 bits are spread over all values (a float32
+    uniform would leave only multiples of 2^16), and every draw is below its bound."""
+    r = Streams(1).randint("b", torch.arange(4), 0, 2**40, (500,))
+    assert int(r.max()) < 2**40 and int(r.min()) >= 0
+    low = (r % (1 << 16)).flatten()
+    assert len(set(low.tolist())) > 1900   # 2,000 draws of 65,536 values: ~1,970 distinct expected
