@@ -115,3 +115,14 @@ def test_randint_uses_all_53_bits():
     assert int(r.max()) < 2**40 and int(r.min()) >= 0
     low = (r % (1 << 16)).flatten()
     assert len(set(low.tolist())) > 1900   # 2,000 draws of 65,536 values: ~1,970 distinct expected
+
+
+def test_float32_uniforms_stay_below_one_where_rounding_would_reach_it():
+    """A word whose 53-bit uniform is within 2^-25 of 1 rounds to 1.0 in float32 (found by a search over this
+    stream: seed 0, "x", round 3, client 282, element 9649): it is clamped to the largest float32 below 1, and the
+    draw keeps the dtype asked for."""
+    u64 = Streams(0).uniform("x", torch.tensor([282]), 3, (10000,), dtype=torch.float64)[0, 9649]
+    assert float(u64) >= 1 - 2.0**-25 and float(u64.to(torch.float32)) == 1.0   # the hard case
+    u32 = Streams(0).uniform("x", torch.tensor([282]), 3, (10000,), dtype=torch.float32)
+    assert u32.dtype == torch.float32 and float(u32.max()) < 1.0
+    assert float(u32[0, 9649]) == 1 - 2.0**-24
