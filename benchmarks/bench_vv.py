@@ -246,7 +246,8 @@ def measure_async(n: int, interval: tuple[int, int], rule: str, threads: int, de
                 per_tick.append(updates / ticks)
     med = {k: _median(v) for k, v in rates.items()}
     s, a = med["sync"], med["async"]
-    return {"model": model_name, "n": n, "interval": list(interval), "rule": rule, "threads": torch.get_num_threads(), "device": device,
+    return {"model": model_name, "n": n, "interval": list(interval), "rule": rule, "threads": torch.get_num_threads(),
+            "device": device,
             "sync_updates_per_s": s, "async_updates_per_s": a, "ratio": a / s,
             "cpu_ratio": med["async_cpu"] / med["sync_cpu"],
             "in_place_updates_per_s": med.get("in_place", float("nan")),
@@ -262,7 +263,8 @@ def table_async(rows: list[dict]) -> str:
     for r in rows:
         lo, hi = r["interval"]
         lines.append(" | ".join([
-            r.get("model", "mlp"), f"{r['n']:,}", f"U{{{lo}..{hi}}}", r["rule"], str(r["threads"]), f"{r['sync_updates_per_s']:,.0f}",
+            r.get("model", "mlp"), f"{r['n']:,}", f"U{{{lo}..{hi}}}", r["rule"], str(r["threads"]),
+            f"{r['sync_updates_per_s']:,.0f}",
             f"{r['in_place_updates_per_s']:,.0f}", f"{r['in_place_ratio']:.2f}",
             "yes" if r["in_place_ratio"] >= 0.5 else "no", f"{r['async_updates_per_s']:,.0f}", f"{r['ratio']:.2f}",
             f"{r['cpu_ratio']:.2f}", f"{r['tick_ms']:.2f}", f"{r['trainers_per_tick']:.0f}"]))

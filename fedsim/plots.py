@@ -230,7 +230,8 @@ def diagnostics_figure(results: Result | Sequence[Result] | Mapping[str, Result]
         raise KeyError(f"history column {x_key!r} (the x axis) was never recorded in {', '.join(missing)}")
     panels = diagnostic_panels(runs)
     if not panels:
-        raise ValueError(f"none of the diagnostic metrics were recorded; recorded: {sorted(set().union(*(r.keys() for r in runs.values())))}")
+        recorded = sorted(set().union(*(r.keys() for r in runs.values())))
+        raise ValueError(f"none of the diagnostic metrics were recorded; recorded: {recorded}")
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.9), squeeze=False)
     titles = dict(DIAGNOSTIC_PANELS)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
