@@ -203,15 +203,23 @@ def default_values(study) -> dict:
 
 def toml_comments(path: Path) -> dict[str, str]:
     """The end-of-line comments of a TOML file's keys and tables, by dotted key (``run.threads``, ``run``)."""
-    comments, table = {}, ""
+    comments, table, depth = {}, "", 0
     for line in path.read_text().splitlines():
         text = line.strip()
+        if depth > 0:   # inside a multi-line array: its lines are values, not keys or table headers
+            depth += _open_brackets(text)
+            continue
         if text.startswith("["):
             table = text[1:text.index("]")].strip() if "]" in text else table
             key, rest = table, text[text.index("]") + 1:] if "]" in text else ""
         elif "=" in text and not text.startswith("#"):
             name, rest = (t.strip() for t in text.split("=", 1))
             key = f"{table}.{name}" if table else name
+            depth = max(0, _open_brackets(rest))
+            if depth > 0:   # the first line of a multi-line array: its comment is what follows the first "#"
+                if "#" in rest:
+                    comments[key] = rest.split("#", 1)[1].strip()
+                continue
         else:
             continue
         for at in (i for i, c in enumerate(rest) if c == "#"):
@@ -223,6 +231,12 @@ def toml_comments(path: Path) -> dict[str, str]:
             comments[key] = rest[at + 1:].strip()
             break
     return comments
+
+
+def _open_brackets(text: str) -> int:
+    """How many more ``[`` than ``]`` a TOML line has before its comment (strings are not told apart)."""
+    code = text.split("#", 1)[0]
+    return code.count("[") - code.count("]")
 
 
 def help_text(study, width: int = 100) -> str:
