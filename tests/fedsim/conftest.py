@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -19,6 +20,23 @@ def make_federation(train, test, n_clients=8, seed=0, schedule=None, partition="
     parts = fdata.partition(partition, train.y, n_clients, seed=seed, **pparams)
     data = ClientData.from_parts(train.x, train.y, parts)
     return Federation(data, torch.as_tensor(test.x), torch.as_tensor(test.y), Streams(seed), schedule)
+
+
+@pytest.fixture(scope="session")
+def pca_blocks():
+    """Five clients' data blocks (8 features, 50-90 rows) around a planted 2-dimensional subspace."""
+    rng = np.random.default_rng(0)
+    basis = np.linalg.qr(rng.standard_normal((8, 2)))[0]
+    return [rng.standard_normal((50 + 10 * i, 2)) * [3.0, 2.0] @ basis.T + 0.3 * rng.standard_normal((50 + 10 * i, 8))
+            for i in range(5)]
+
+
+@pytest.fixture(scope="module")
+def clients(pca_blocks):
+    """``pca_blocks`` as float64 ``PCAClients``."""
+    from fedsim.fedpca.problem import PCAClients
+
+    return PCAClients.from_blocks(pca_blocks)
 
 
 @pytest.fixture

@@ -21,25 +21,12 @@ from fedsim.algorithms.fedavg import aggregate
 from fedsim.engine import simulate
 from fedsim.fedpca.decentralized import DecentralizedFedPG
 from fedsim.fedpca.fedpg import PCAFederation
-from fedsim.fedpca.problem import PCAClients
 from fedsim.messages import Capture
 from fedsim.rng import Streams
 
 F64 = torch.float64
 TOL = 1e-10
 ATOL = 1e-5
-
-
-def _blocks():
-    rng = np.random.default_rng(0)
-    basis = np.linalg.qr(rng.standard_normal((8, 2)))[0]
-    return [rng.standard_normal((50 + 10 * i, 2)) * [3.0, 2.0] @ basis.T + 0.3 * rng.standard_normal((50 + 10 * i, 8))
-            for i in range(5)]
-
-
-@pytest.fixture(scope="module")
-def clients():
-    return PCAClients.from_blocks(_blocks())
 
 
 def _numpy_top_k(clients, k):

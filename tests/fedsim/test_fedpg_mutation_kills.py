@@ -9,7 +9,6 @@ tolerance is 1e-10; every defect targeted here moves the result by far more (che
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
@@ -29,18 +28,6 @@ from fedsim.rng import Streams
 
 TOL = 1e-10
 F64 = torch.float64
-
-
-def _blocks():
-    rng = np.random.default_rng(0)
-    basis = np.linalg.qr(rng.standard_normal((8, 2)))[0]
-    return [rng.standard_normal((50 + 10 * i, 2)) * [3.0, 2.0] @ basis.T + 0.3 * rng.standard_normal((50 + 10 * i, 8))
-            for i in range(5)]
-
-
-@pytest.fixture(scope="module")
-def clients():
-    return PCAClients.from_blocks(_blocks())
 
 
 def _h(U):
@@ -168,8 +155,8 @@ def test_clean_penalty_gradient_equals_autograd():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_state_follows_the_clients_dtype(dtype):
-    clients = PCAClients.from_blocks(_blocks(), dtype=dtype)
+def test_state_follows_the_clients_dtype(dtype, pca_blocks):
+    clients = PCAClients.from_blocks(pca_blocks, dtype=dtype)
     ring = topologies.Static(topologies.metropolis_hastings(topologies.ring(5)))
     fed = PCAFederation(clients, Streams(0), schedule=ring)
     results = {}
@@ -182,7 +169,7 @@ def test_state_follows_the_clients_dtype(dtype):
             assert floats and all(v.dtype == dtype for v in floats)
         results[alg.name] = state
     if dtype == torch.float32:      # float32 follows the float64 run closely
-        ref = PCAFederation(PCAClients.from_blocks(_blocks()), Streams(0), schedule=ring)
+        ref = PCAFederation(PCAClients.from_blocks(pca_blocks), Streams(0), schedule=ring)
         want = simulate(FedPG(2, eta=0.05, rho=1.0, local_steps=3, client_fraction=1.0), ref, 2, eval_every=0)
         torch.testing.assert_close(results["FedPG"].Z.double(), want.state.Z, atol=1e-4, rtol=0)
 
