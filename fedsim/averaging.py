@@ -425,9 +425,11 @@ def average_received(own: torch.Tensor, receivers: torch.Tensor, rows: torch.Ten
         if avg.beta:
             out.add_(own, alpha=avg.beta)
     if correct:
-        goal = torch.sparse.mm(A, tensor_variances(payload, slices, avg.unbiased)).div_(1 - avg.beta)
-        if avg.target == "follow_beta":
-            goal = avg.beta * tensor_variances(own, slices, avg.unbiased) + (1 - avg.beta) * goal
+        variances = tensor_variances(payload, slices, avg.unbiased)
+        goal = torch.sparse.mm(A, variances).div_(1 - avg.beta)
+        if avg.target == "follow_beta":   # own's variances: the payload's own rows when it is own
+            mine = variances if payload is own else tensor_variances(own, slices, avg.unbiased)
+            goal = avg.beta * mine + (1 - avg.beta) * goal
         step = _rows_per_chunk(own)
         for lo in range(0, n, step):
             _rescale(out[lo:lo + step], goal[lo:lo + step], slices, avg)
