@@ -80,8 +80,20 @@ def summarize(name: str, cfg, result, seconds: float) -> dict:
     total_bytes = sum(r.get("bytes_sent", 0) for r in h)
     return {"run": name, "algorithm": cfg.algorithm.name, "topology": cfg.topology.name, "clients": cfg.clients,
             "rounds": len(h), "test_acc": result.final(key), "worst_node_acc": result.final("nodes_acc_min")
-            if "nodes_acc_min" in result.keys() else float("nan"), "train_loss": result.final("train_loss"),
+            if "nodes_acc_min" in result.keys() else float("nan"), "train_loss": last_training_loss(h),
             "MB_sent": total_bytes / 1e6, "seconds": seconds}
+
+
+def _trained(history: list[dict]) -> list[dict]:
+    """The rounds (ticks) in which some node trained: an asynchronous tick whose clocks did not fire records no
+    training loss (NaN), which says nothing about the run."""
+    return [r for r in history if r.get("participants", 1) != 0]
+
+
+def last_training_loss(history: list[dict]) -> float:
+    """The training loss of the last round (tick) in which some node trained; NaN if none did."""
+    losses = [r["train_loss"] for r in _trained(history) if "train_loss" in r]
+    return losses[-1] if losses else float("nan")
 
 
 SUMMARY_COLUMNS = ["run", "algorithm", "topology", "clients", "rounds", "test_acc", "worst_node_acc",
@@ -108,7 +120,8 @@ def run_one(cfg, out_dir: Path, resume: bool, progress: bool, overwrite: bool = 
             bars.append(progress_bar(cfg.rounds, cfg.name, "round", progress, leave=False, initial=t))
         bar = bars[0]
         row = history[-1]
-        shown = {k: f"{row[k]:.3f}" for k in ("train_loss", "global_acc", "average_acc") if k in row}
+        shown = {k: f"{row[k]:.3f}" for k in ("train_loss", "global_acc", "average_acc") if k in row
+                 and (k != "train_loss" or row.get("participants", 1) != 0)}
         bar.set_postfix(shown, refresh=False)
         bar.update(t + 1 - bar.n)   # redraws at most every mininterval (rare off a terminal)
 
@@ -150,8 +163,9 @@ that guesses has ln(classes), 2.3 for 10 classes."""
 
 
 def divergence(history: list[dict]) -> str | None:
-    """What says a run diverged: a final training loss that is NaN/inf, above ``LOSS_LIMIT``, or 10x its first."""
-    losses = [r["train_loss"] for r in history if isinstance(r.get("train_loss"), (int, float))]
+    """What says a run diverged: a final training loss that is NaN/inf, above ``LOSS_LIMIT``, or 10x its first
+    (over the rounds or ticks in which some node trained)."""
+    losses = [r["train_loss"] for r in _trained(history) if isinstance(r.get("train_loss"), (int, float))]
     if not losses:
         return None
     last = losses[-1]

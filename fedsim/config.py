@@ -23,6 +23,7 @@ import dataclasses
 import difflib
 import json
 import math
+import os
 import sys
 import types
 import typing
@@ -133,6 +134,15 @@ class AlgorithmConfig:
             raise ConfigError(f"algorithm.averaging = {self.averaging!r} is a gossip rule; FedAvg averages on the "
                               "server (use algorithm.name = 'gossip')")
         defaults = AlgorithmConfig.__dataclass_fields__
+        if self.name == "gossip" and self.clients_per_round:
+            raise ConfigError("algorithm.clients_per_round applies to algorithm.name = 'fedavg' (server-side sampling); "
+                              "gossip nodes train with algorithm.active_fraction")
+        if self.name == "gossip" and not self.weighted:
+            raise ConfigError("algorithm.weighted applies to algorithm.name = 'fedavg' (the server's aggregation "
+                              "weights); gossip weights come from topology.mixing or algorithm.averaging")
+        if self.name == "fedavg" and self.active_fraction != 1:
+            raise ConfigError("algorithm.active_fraction applies to algorithm.name = 'gossip'; FedAvg samples "
+                              "algorithm.clients_per_round clients per round")
         if self.averaging != "variance_corrected":
             changed = [k for k in ("correction_target", "correction_tensors", "correction_eps", "correction_unbiased")
                        if getattr(self, k) != defaults[k].default]
@@ -170,6 +180,12 @@ class TopologyConfig:
                               f"{self.schedule!r} schedule sets its own weights (use mixing = 'metropolis')")
         if not 0 <= self.q <= 1:
             raise ConfigError(f"topology.q must be in [0, 1], got {self.q!r}")
+        if self.schedule != "failures" and self.q != TopologyConfig.__dataclass_fields__["q"].default:
+            raise ConfigError(f"topology.q (link failure probability) applies to schedule = 'failures', not "
+                              f"{self.schedule!r} (for lost messages see faults.loss)")
+        if self.name in ("directed_ring", "directed_exponential") and self.mixing != "metropolis":
+            raise ConfigError(f"topology.mixing = {self.mixing!r} does not apply to {self.name!r}: push-sum sets "
+                              "its own column-stochastic weights (leave mixing = 'metropolis')")
 
 
 def _int_range(where: str, value: tuple[int, ...], minimum: int) -> None:
@@ -224,6 +240,10 @@ class RunConfig:
 
     def validate(self) -> "RunConfig":
         """Check every value; return self so ``RunConfig(...).validate()`` chains."""
+        separators = {"/", "\0", os.sep, os.altsep or "/"}
+        if not self.name.strip() or self.name in (".", "..") or any(c in self.name for c in separators):
+            raise ConfigError(f"name = {self.name!r} must be a plain folder name (results/<name>/): not empty, "
+                              "not '.' or '..', no '/'")
         _positive("seed", self.seed, zero_ok=True)
         _positive("rounds", self.rounds)
         if self.clients < 1:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from fedsim.cli import format_column, format_table, main
+from fedsim.cli import SUMMARY_COLUMNS, format_column, format_table, main
 from fedsim.config import load
 
 REPO = Path(__file__).resolve().parents[1]
@@ -428,6 +428,25 @@ def test_divergence_is_said_from_the_training_loss():
     assert "4.18e+05" in divergence(rows(3e29, 4.18e5))
     assert "grew from 0.5 to 6" in divergence(rows(0.5, 1.0, 6.0))
     assert divergence([{"round": 1}]) is None
+    # an asynchronous tick in which no clock fired records a NaN loss with 0 participants: not divergence
+    idle = {"round": 3, "train_loss": float("nan"), "participants": 0}
+    assert divergence([{"round": 1, "train_loss": 2.3, "participants": 2}, idle]) is None
+    assert "became nan" in divergence([{"round": 1, "train_loss": float("nan"), "participants": 2}, idle])
+
+
+def test_an_async_run_with_idle_ticks_is_not_called_diverged(capsys, tiny_config, tmp_path):
+    """10 nodes with U{8..12} clocks: most ticks train nobody (NaN loss). No divergence note; the summary's
+    train_loss is the last tick's in which some node trained."""
+    code, out, err = cli(capsys, "run", tiny_config, "--out", tmp_path / "a", "--no-progress",
+                         "--set", "algorithm.name=gossip", "--set", "clients=10", "--set", "time.mode=async",
+                         "--set", "rounds=30", "--set", "topology.name=ring")
+    assert code == 0, err
+    history = history_of(tmp_path / "a")
+    assert history[-1]["participants"] == 0 and history[-1]["train_loss"] is None   # the case at hand
+    trained = [r["train_loss"] for r in history if r["participants"]]
+    assert "diverged" not in err
+    row = out.splitlines()[2].split()
+    assert math.isclose(float(row[SUMMARY_COLUMNS.index("train_loss")]), trained[-1], abs_tol=5e-4), (row, trained)
 
 
 def test_a_diverged_run_gets_one_note(capsys, tiny_config, tmp_path):

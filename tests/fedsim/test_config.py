@@ -105,14 +105,19 @@ def test_roundtrip_of_non_default_values():
         model=ModelConfig(name="mlp", hidden=(64, 32, 16)),
         algorithm=AlgorithmConfig(name="gossip", lr=0.30000000000000004, momentum=0.5, weight_decay=1e-4,
                                   local_steps=3, batch_size=8, active_fraction=0.5, same_init=False,
-                                  weighted=False, momentum_buffer="reset"),
+                                  momentum_buffer="reset"),
         topology=TopologyConfig(name="watts_strogatz", k=2, p=0.25, m=3, path="edges.txt", mixing="uniform",
-                                schedule="static", q=0.75),
+                                schedule="static"),
         faults=FaultsConfig(loss=1.0),
     ).validate()
     back = roundtrip(cfg)
     assert back == cfg
     assert isinstance(back.model.hidden, tuple)
+    # the settings of FedAvg and of the failures schedule that gossip on a static graph refuses
+    fl = RunConfig(clients=6, algorithm=AlgorithmConfig(weighted=False, clients_per_round=4)).validate()
+    failures = RunConfig(algorithm=AlgorithmConfig(name="gossip"),
+                         topology=TopologyConfig(name="ring", schedule="failures", q=0.75)).validate()
+    assert roundtrip(fl) == fl and roundtrip(failures) == failures
 
 
 def test_roundtrip_of_empty_hidden_tuple():
@@ -261,8 +266,8 @@ def test_out_of_range_names_key_and_value(dotted, value, fragments):
     {"algorithm.momentum": 0.99, "algorithm.local_steps": 2},
     {"faults.loss": 0.0},
     {"faults.loss": 1.0},
-    {"topology.q": 0.0},
-    {"topology.q": 1.0},
+    {"algorithm.name": "gossip", "topology.name": "ring", "topology.schedule": "failures", "topology.q": 0.0},
+    {"algorithm.name": "gossip", "topology.name": "ring", "topology.schedule": "failures", "topology.q": 1.0},
     {"algorithm.active_fraction": 1.0},
     {"algorithm.clients_per_round": 10},   # == clients is fine
     {"checkpoint_every": 0},
@@ -485,6 +490,18 @@ def test_negative_seed_is_a_config_error():
     ({"algorithm.name": "gossip", "topology.name": "ring", "time.mode": "async", "algorithm.momentum": 0.9,
       "algorithm.momentum_buffer": "reset", "algorithm.local_steps": 2}, ["momentum_buffer", "async"]),
     ({"model.init": "he"}, ["model.init", "'xavier'"]),
+    # settings of one algorithm given to the other would be ignored silently
+    ({"algorithm.name": "gossip", "topology.name": "ring", "algorithm.clients_per_round": 3},
+     ["algorithm.clients_per_round", "'fedavg'", "active_fraction"]),
+    ({"algorithm.name": "gossip", "topology.name": "ring", "algorithm.weighted": False}, ["algorithm.weighted", "'fedavg'"]),
+    ({"algorithm.active_fraction": 0.3}, ["algorithm.active_fraction", "'gossip'", "clients_per_round"]),
+    ({"algorithm.name": "gossip", "topology.name": "directed_ring", "topology.mixing": "max_degree"},
+     ["topology.mixing", "'directed_ring'", "push-sum"]),
+    ({"algorithm.name": "gossip", "topology.name": "ring", "topology.q": 0.5}, ["topology.q", "'failures'", "'static'"]),
+    ({"name": ""}, ["name = ''", "folder name"]),
+    ({"name": "../../evil"}, ["name = '../../evil'", "folder name"]),
+    ({"name": "runs/a"}, ["name = 'runs/a'"]),
+    ({"name": ".."}, ["name = '..'"]),
 ])
 def test_contradictory_gossip_settings_are_one_line_errors(overrides, fragments):
     with pytest.raises(ConfigError) as info:
@@ -498,6 +515,16 @@ def test_contradictory_gossip_settings_are_one_line_errors(overrides, fragments)
 def test_taps_section_points_to_faults():
     with pytest.raises(ConfigError, match=r"\[faults\] loss"):
         from_dict({"taps": {"link_drop": 0.1}})
+
+
+def test_the_settings_next_to_the_new_refusals_still_load():
+    """What the refusals above must not catch: each setting with the algorithm, schedule or name it belongs to."""
+    replace(RunConfig(), {"algorithm.clients_per_round": 3, "algorithm.weighted": False, "name": "fl.run-1"})
+    replace(RunConfig(), {"algorithm.name": "gossip", "topology.name": "ring", "algorithm.active_fraction": 0.5})
+    assert replace(RunConfig(), {"algorithm.name": "gossip", "topology.name": "ring", "topology.schedule": "failures",
+                                 "topology.q": 0.5}).topology.q == 0.5
+    replace(RunConfig(), {"algorithm.name": "gossip", "topology.name": "directed_ring"})
+    replace(RunConfig(), {"algorithm.name": "gossip", "topology.name": "ring", "topology.mixing": "max_degree"})
 
 
 def test_async_variance_corrected_config_round_trips():
