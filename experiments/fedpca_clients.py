@@ -94,11 +94,23 @@ def validate(cfg: dict) -> None:
 
 
 def check_inputs(cfg: dict) -> None:
-    """The NSL-KDD files are there (a DataNotFoundError says how to get them)."""
-    from fedsim.data import nslkdd
+    """The NSL-KDD files are there (a DataNotFoundError says how to get them) and every ``clients`` value gets
+    normal training rows for every client under the split (as ``pipeline.prepare`` will split them)."""
+    from fedsim.data import PartitionError, nslkdd
+    from fedsim.pipelines import fedpca_nslkdd as pipeline
 
-    nslkdd.load_nslkdd("train", cfg["data_dir"] or None)
+    train = nslkdd.load_nslkdd("train", cfg["data_dir"] or None)
     nslkdd.load_nslkdd("test", cfg["data_dir"] or None)
+    X, names = nslkdd.features(train, cfg["features"], nslkdd.category_vocabulary(train)
+                               if cfg["features"] == "onehot" else None)
+    key = X[~train.is_attack][:, names.index("dst_bytes")]
+    for n in cfg["clients"]:
+        for seed in cfg["seeds"] if cfg["split"] != "paper" else cfg["seeds"][:1]:
+            try:
+                pipeline.split_normal_rows(key, n, cfg["split"], seed)
+            except PartitionError:
+                raise ConfigError(f"clients = {n:,} is too many for split = {cfg['split']!r}: some client would get "
+                                  f"no normal training rows ({len(key):,} in KDDTrain+); use fewer clients") from None
 
 
 def points(cfg: dict) -> list[Point]:

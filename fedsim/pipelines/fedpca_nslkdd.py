@@ -131,6 +131,13 @@ class NslKddData:
         return self.tests[0].category
 
 
+def split_normal_rows(dst_bytes: np.ndarray, n_clients: int, split: str, seed: int) -> list[np.ndarray]:
+    """The clients' normal training rows (indices into ``dst_bytes``, the normal rows' dst_bytes column) under
+    ``split``; a PartitionError when some client would get none. Dirichlet(0.5) over 10 dst_bytes quantile bins."""
+    kwargs = {"alpha": 0.5, "labels": K.quantile_labels(dst_bytes, 10)} if split == "dirichlet" else {}
+    return K.split_clients(len(dst_bytes), dst_bytes, n_clients, how=split, seed=seed, **kwargs)
+
+
 def prepare(data_dir=None, n_clients: int = 20, split: str = "paper", features: str = "paper",
             test_scaler: str = "central", seed: int = 0, test: str = "test+",
             global_scaler: str = "blocks") -> NslKddData:
@@ -156,8 +163,7 @@ def prepare(data_dir=None, n_clients: int = 20, split: str = "paper", features: 
     X_train, names = K.features(train, features, vocab)
     normal = X_train[~train.is_attack]
     key = normal[:, names.index("dst_bytes")]
-    kwargs = {"alpha": 0.5, "labels": K.quantile_labels(key, 10)} if split == "dirichlet" else {}
-    parts = K.split_clients(len(normal), key, n_clients, how=split, seed=seed, **kwargs)
+    parts = split_normal_rows(key, n_clients, split, seed)
     raw = [normal[p] for p in parts]
     left = np.setdiff1d(np.arange(len(normal)), np.concatenate(parts))
     global_raw = list(raw)

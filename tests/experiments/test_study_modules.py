@@ -101,6 +101,21 @@ def test_fedpca_clients_rows_match_the_pipeline_called_directly(tmp_path, requir
         assert 50 < r["auc"] <= 100 and 0 <= r["f1"] <= 100
 
 
+@pytest.mark.parametrize("split", ["paper", "iid", "dirichlet"])
+def test_fedpca_clients_with_more_clients_than_normal_rows_is_one_line_before_anything(tmp_path, capsys, require_data,
+                                                                                       split):
+    """KDDTrain+ has 67,343 normal rows: 100,000 clients cannot all get one. One line naming `clients` (the same
+    split as the pipeline's: the dry split raises where ``prepare`` would), and no run folder."""
+    require_data("nsl-kdd")
+    out = tmp_path / "fp"
+    code = main(["experiment", "fedpca_clients", "--out", str(out), "--no-progress", "--set", "clients=[10, 100000]",
+                 "--set", "seeds=[0]", "--set", f"split='{split}'", "--set", "methods=['fedpg']"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert "clients = 100,000" in err and f"split = '{split}'" in err and "67,343" in err
+    assert not out.exists()
+
+
 # --- the wrapped studies --------------------------------------------------------------------------------------------
 
 def test_vanishing_variance_runs_under_fedsim_experiment(tmp_path, capsys):
