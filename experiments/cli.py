@@ -157,8 +157,6 @@ def cmd_quickstart(args) -> int:
         results[cfg.name] = result
     print("fedsim quickstart: scikit-learn digits (1,437 train / 360 test), MLP 64-32-10, 10 clients\n")
     finish_runs(rows, results, out_dir, "fedsim quickstart: FedAvg vs decentralized SGD on digits", cfgs)
-    if not parts:
-        return 0
     return _quickstart_tour(args, parts, out_dir, rows)
 
 
@@ -190,6 +188,7 @@ def _quickstart_tour(args, parts: list[str], out_dir: Path, rows: list[dict]) ->
     if args.iterations is not None:
         settings = dataclasses.replace(settings, attack_iterations=args.iterations)
     started = time.perf_counter()
+    earlier = tour.earlier_parts(out_dir, [p for p in QUICKSTART_PARTS if p not in parts])
     done = tour.run_tour(out_dir, settings, args.data_dir, parts,
                          on_part=lambda name: print(f"  tour: {name} ...", file=sys.stderr, flush=True))
     runs = tour.runs_part(rows, sum(r["seconds"] for r in rows))
@@ -199,8 +198,10 @@ def _quickstart_tour(args, parts: list[str], out_dir: Path, rows: list[dict]) ->
             continue
         print(f"\n{part.title} ({part.seconds:.1f} s): {part.setting}\n")
         print(format_table(part.rows, part.columns))
-    report = tour.write_report(out_dir, [runs, *done])
-    print(f"\ntour: {time.perf_counter() - started:.0f} s; report: {report}")
+    order = {name: i for i, name in enumerate(QUICKSTART_PARTS)}
+    report = tour.write_report(out_dir, [runs, *sorted([*done, *earlier], key=lambda p: order[p.name])])
+    kept = f" ({', '.join(p.name for p in earlier)}: from the earlier tour in this folder)" if earlier else ""
+    print(f"\ntour: {time.perf_counter() - started:.0f} s; report: {report}{kept}")
     return 0
 
 

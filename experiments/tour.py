@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +64,7 @@ class Part:
     figures: list[str] = field(default_factory=list)      # file names in the output folder
     note: str | None = None                                # set: the part was skipped, and this says why
     seconds: float = 0.0
+    earlier: bool = False                                  # not run this time: kept from the folder's last tour
 
     @property
     def skipped(self) -> bool:
@@ -289,12 +290,27 @@ def report_text(parts: list[Part]) -> str:
              "docs/REPRODUCTION.md.", ""]
     for p in parts:
         lines += [f"## {p.title}", ""]
+        if p.earlier:
+            lines += ["*Not run this time (`--parts`): from an earlier `fedsim quickstart` in this folder, whose "
+                      "figures these are.*", ""]
         if p.skipped:
             lines += [f"**Skipped.** {p.note}", ""]
             continue
         lines += [f"Setting: {p.setting}. ({p.seconds:.1f} s)", "", markdown_table(p.rows, p.columns), ""]
         lines += [f"![{f}]({f})" if f.endswith(".png") else f"Data: [{f}]({f})" for f in p.figures] + [""]
     return "\n".join(lines)
+
+
+def earlier_parts(out: str | Path, names: list[str]) -> list[Part]:
+    """The parts ``names`` as the folder's last tour.json recorded them (marked ``earlier``), for a report that
+    describes every figure in the folder when only some parts ran; none if there is no readable tour.json."""
+    try:
+        recorded = json.loads((Path(out) / "tour.json").read_text())
+        known = {f.name for f in fields(Part)}
+        parts = {d["name"]: Part(**{k: v for k, v in d.items() if k in known}) for d in recorded}
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return []
+    return [replace(parts[n], earlier=True) for n in names if n in parts and not parts[n].skipped]
 
 
 def write_report(out: str | Path, parts: list[Part]) -> Path:

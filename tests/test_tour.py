@@ -125,12 +125,35 @@ def test_tour_without_data_offline_skips_with_one_line_notes(capsys, tmp_path, m
 def test_quickstart_parts_none_and_bad_parts(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(["quickstart", "--rounds", "1", "--no-progress", "--parts", "none", "--out", "qs"]) == 0
-    assert not (tmp_path / "qs" / "report.md").exists() and (tmp_path / "qs" / "summary.txt").is_file()
+    report = tmp_path / "qs" / "report.md"
+    assert (tmp_path / "qs" / "summary.txt").is_file()
+    assert "## FedAvg vs decentralized SGD" in report.read_text() and "## Variance-corrected" not in report.read_text()
     capsys.readouterr()
     assert main(["quickstart", "--parts", "gossip,nope", "--out", "qs2"]) == 2
     err = capsys.readouterr().err
     assert err.strip() == "fedsim: error: unknown --parts entry 'nope'; known: all, none, gossip, fedpca, attack"
     assert not (tmp_path / "qs2").exists()
+
+
+def test_a_report_of_some_parts_keeps_the_earlier_parts_marked_and_is_rewritten_every_time(capsys, tmp_path,
+                                                                                            monkeypatch):
+    """--parts runs some parts: report.md still describes every figure in the folder (the parts not run come from
+    the last tour.json, marked as earlier), and its runs table is always this invocation's."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["quickstart", "--rounds", "2", "--no-progress", "--parts", "gossip", "--out", "qs"]) == 0
+    gossip = json.loads((tmp_path / "qs" / "tour.json").read_text())[1]
+    assert gossip["name"] == "gossip" and not gossip["earlier"]
+    assert main(["quickstart", "--rounds", "1", "--no-progress", "--parts", "none", "--out", "qs"]) == 0
+    assert "(gossip: from the earlier tour in this folder)" in capsys.readouterr().out
+    text = (tmp_path / "qs" / "report.md").read_text()
+    runs, rest = text.split("## Variance-corrected")
+    assert "Not run this time" not in runs and "Not run this time" in rest and "gossip.png" in rest
+    assert re.search(r"\| fedavg \| fedavg \| star \| 1 \|", runs)                     # this time's rounds
+    parts = json.loads((tmp_path / "qs" / "tour.json").read_text())
+    assert [p["name"] for p in parts] == ["runs", "gossip"] and parts[1]["earlier"]
+    assert parts[1]["rows"] == gossip["rows"]                                          # the earlier numbers, kept
+    assert main(["quickstart", "--rounds", "1", "--no-progress", "--parts", "gossip", "--out", "qs"]) == 0
+    assert "Not run this time" not in (tmp_path / "qs" / "report.md").read_text()     # run again: current
 
 
 def test_markdown_table_formats_numbers():
