@@ -30,7 +30,7 @@ NSLKDD_HINT = ("put KDDTrain+.txt[.gz] and KDDTest+.txt into <data dir>/nsl-kdd/
                "nsl.html), or go online once (fedsim downloads and checksums them), or pass --data-dir")
 VICTIMS_HINT = ("put dia_mnist_128.npz (the DIA victim set, see docs/attacks.md) or the MNIST test set "
                 "(t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz) into <data dir>/mnist/, or go online once "
-                "(fedsim downloads the test set), or pass --data-dir")
+                "(fedsim downloads both from their official sources), or pass --data-dir")
 
 
 @dataclass(frozen=True)

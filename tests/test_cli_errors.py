@@ -18,6 +18,7 @@ import pytest
 
 import fedsim.cli as cli_module
 from fedsim.cli import build_parser, main
+from attacks import victims
 from fedsim.data import datasets, nslkdd
 
 CONFIGS = Path(__file__).resolve().parents[1] / "experiments" / "configs"
@@ -34,6 +35,7 @@ def cwd(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("FEDSIM_DATA_DIR", str(tmp_path / "default-data"))
     monkeypatch.setattr(datasets, "MNIST_MIRROR", OFFLINE + "mnist/")
     monkeypatch.setattr(nslkdd, "NSLKDD_MIRRORS", (OFFLINE,))
+    monkeypatch.setattr(victims, "VICTIMS_SOURCE", OFFLINE)
     (tmp_path / "somefile.txt").write_text("a file, not a folder\n")
     return tmp_path
 
@@ -126,7 +128,8 @@ def test_topology_bad_arguments(capsys, cwd, argv, fragment):
     (["run", CONFIGS / "mnist_lenet_fedavg.toml", "--no-progress"],
      ["no typo/mnist/t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz", OFFLINE + "mnist/", "mnist/"]),
     (["fedpca"], ["no typo/nsl-kdd/KDDTrain+.txt", OFFLINE + "KDDTrain+.txt", "nsl-kdd/KDDTrain+.txt"]),
-    (["attack"], ["victim set 'mnist' not found: no typo/mnist/dia_mnist_128.npz", "mnist/dia_mnist_128.npz"]),
+    (["attack"], ["victim set 'mnist' not found: no typo/mnist/dia_mnist_128.npz", OFFLINE + "MNIST_128.tdump",
+                  "mnist/dia_mnist_128.npz"]),
 ])
 def test_mistyped_data_dir_is_short_and_not_created(capsys, cwd, argv, fragments):
     line = error_line(capsys, cwd, *argv, "--data-dir", "typo", "--out", "out")

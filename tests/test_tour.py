@@ -98,10 +98,12 @@ def test_tour_report_holds_every_headline_number(tmp_path, data_root):
 
 
 def test_tour_without_data_offline_skips_with_one_line_notes(capsys, tmp_path, monkeypatch):
+    from attacks import victims
     from fedsim.data import datasets, nslkdd
 
     monkeypatch.setattr(nslkdd, "NSLKDD_MIRRORS", ("http://127.0.0.1:9/",))    # offline: connection refused
     monkeypatch.setattr(datasets, "MNIST_MIRROR", "http://127.0.0.1:9/")
+    monkeypatch.setattr(victims, "VICTIMS_SOURCE", "http://127.0.0.1:9/")
     monkeypatch.chdir(tmp_path)
     empty = tmp_path / "no-data"
     empty.mkdir()
