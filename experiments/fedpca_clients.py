@@ -65,6 +65,7 @@ METRICS = ("auc", "f1", "precision", "recall", "fpr", "accuracy")
 
 
 def validate(cfg: dict) -> None:
+    from fedsim.data import nslkdd
     from fedsim.pipelines import fedpca_nslkdd as pipeline
 
     choices = {"methods": METHODS, "split": ("paper", "iid", "dirichlet"), "features": ("paper", "onehot"),
@@ -86,11 +87,17 @@ def validate(cfg: dict) -> None:
             raise ConfigError(f"{key} must be in (0, 1], got {cfg[key]}")
     if cfg["tol"] < 0 or cfg["paper_eta"] <= 0 or cfg["paper_rho"] <= 0:
         raise ConfigError("tol must be >= 0, paper_eta and paper_rho > 0")
-    if not 1 <= cfg["k"] < (34 if cfg["features"] == "paper" else 35):
-        raise ConfigError(f"k = {cfg['k']} must be below the number of features")
+    if cfg["features"] == "paper":   # onehot's d comes from the training set's categories (check_inputs)
+        _check_k(cfg, len(nslkdd.PAPER_FEATURES))
     if "fedpg-decentralized" in cfg["methods"]:
         for n in cfg["clients"]:
             _schedule(cfg, n, cfg["seeds"][0])
+
+
+def _check_k(cfg: dict, d: int) -> None:
+    if not 1 <= cfg["k"] < d:
+        raise ConfigError(f"k = {cfg['k']} must be in 1..{d - 1}: below d = {d}, the number of "
+                          f"features = {cfg['features']!r} columns (k = d leaves every anomaly score 0)")
 
 
 def check_inputs(cfg: dict) -> None:
@@ -103,6 +110,7 @@ def check_inputs(cfg: dict) -> None:
     nslkdd.load_nslkdd("test", cfg["data_dir"] or None)
     X, names = nslkdd.features(train, cfg["features"], nslkdd.category_vocabulary(train)
                                if cfg["features"] == "onehot" else None)
+    _check_k(cfg, X.shape[1])
     key = X[~train.is_attack][:, names.index("dst_bytes")]
     for n in cfg["clients"]:
         for seed in cfg["seeds"] if cfg["split"] != "paper" else cfg["seeds"][:1]:

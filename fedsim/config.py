@@ -387,6 +387,10 @@ def load(path: str | Path) -> RunConfig:
     try:
         return from_dict(values)
     except ConfigError as e:
+        if "seeds" in values or isinstance(values.get("run"), dict):   # a study's grid, not one run
+            study = path.stem.removesuffix("_full")
+            raise ConfigError(f"{path} is a study config (it has {'seeds' if 'seeds' in values else '[run]'}), not "
+                              f"one run's: use `fedsim experiment {study} --config {path}`") from None
         raise ConfigError(f"{path}: {e}") from None
 
 

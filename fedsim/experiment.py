@@ -68,9 +68,16 @@ def build_schedule(cfg: RunConfig):
     if fn is None:
         known = ", ".join(sorted([*topologies.GENERATORS, *DIRECTED]))
         raise ConfigError(f"topology.name = {top.name!r} is unknown; known: {known}")
+    if top.name == "edge_list" and not top.path:
+        raise ConfigError("topology.name = 'edge_list' needs topology.path, the edge-list file (one 'u v' per line)")
     accepted = inspect.signature(fn).parameters
-    graph = topologies.build(top.name, None if top.name == "edge_list" else cfg.clients, seed=cfg.seed,
-                             **{k: v for k, v in params.items() if k in accepted})
+    used = {k: v for k, v in params.items() if k in accepted}
+    try:
+        graph = topologies.build(top.name, None if top.name == "edge_list" else cfg.clients, seed=cfg.seed, **used)
+    except topologies.TopologyError as e:
+        given = ", ".join([*([] if top.name == "edge_list" else [f"clients = {cfg.clients}"]),
+                           *(f"topology.{k} = {v!r}" for k, v in used.items())])
+        raise ConfigError(f"topology.name = {top.name!r} with {given}: {e}") from None
     if graph.number_of_nodes() != cfg.clients:
         raise ConfigError(f"topology has {graph.number_of_nodes()} nodes but clients = {cfg.clients}")
     if top.schedule == "matching":

@@ -76,6 +76,30 @@ def test_run_with_more_clients_than_samples(capsys, cwd, config, overrides, frag
     assert "n_clients" not in line and "sampled()" not in line and "min_size" not in line
 
 
+@pytest.mark.parametrize("argv, fragments", [
+    # a graph the generator cannot build: the keys that made it, not only the generator's words
+    (["run", CONFIGS / "quickstart_gossip.toml", "--set", "clients=1"],
+     ["topology.name = 'ring' with clients = 1", "n >= 3"]),
+    (["run", CONFIGS / "quickstart_gossip.toml", "--set", "topology.name=regular", "--set", "topology.k=3",
+      "--set", "clients=9"], ["topology.name = 'regular' with clients = 9, topology.k = 3", "must be even"]),
+    (["run", CONFIGS / "quickstart_gossip.toml", "--set", "topology.name=edge_list"],
+     ["topology.name = 'edge_list' needs topology.path"]),
+    # a study's config given to `fedsim run`
+    (["run", CONFIGS / "topologies.toml"], ["is a study config", "fedsim experiment topologies --config"]),
+    (["run", CONFIGS / "fedpca_clients_full.toml"], ["fedsim experiment fedpca_clients --config"]),
+    # Flower runs name their own run-config keys
+    (["flower", "--algorithm", "gossip", "--set", "topology=foo"], ["topology = 'foo' is unknown"]),
+    (["flower", "--algorithm", "gossip", "--set", "clients=2"], ["topology = 'ring' with clients = 2"]),
+    (["flower", "--algorithm", "gossip", "--set", "topology=regular", "--set", "topology-k=3", "--set", "clients=9"],
+     ["topology-k = 3"]),
+])
+def test_config_errors_name_the_keys_the_user_set(capsys, cwd, argv, fragments):
+    line = error_line(capsys, cwd, *argv, "--out", "out", *(["--no-progress"] if argv[0] == "run" else []))
+    for fragment in fragments:
+        assert fragment in line, line
+    assert "topology.name" not in line or argv[0] != "flower"
+
+
 @pytest.mark.parametrize("command", [["run", CONFIGS / "quickstart_fedavg.toml"], ["quickstart"], ["fedpca"],
                                      ["attack"]])
 def test_out_under_a_regular_file(capsys, cwd, command):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -141,7 +142,15 @@ def _parse(items: tuple) -> FlowerSpec:
     overrides["algorithm.name"] = "gossip" if algorithm == "gossip" else "fedavg"
     if algorithm != "gossip":
         overrides["topology.name"] = "star"
-    run = fconfig.replace(RunConfig(), overrides).validate()
+    try:
+        run = fconfig.replace(RunConfig(), overrides).validate()
+        if algorithm == "gossip" and not (run.topology.name.startswith("directed")
+                                          or run.topology.schedule != "static"):
+            from fedsim.experiment import build_schedule
+
+            build_schedule(run)   # a graph that cannot be built is refused here, before any app starts
+    except ConfigError as e:
+        raise ConfigError(in_flower_words(str(e))) from None
     if algorithm == "gossip":
         if run.topology.name.startswith("directed") or run.topology.schedule != "static":
             raise ConfigError(f"topology = {run.topology.name!r}: Flower gossip runs support static undirected "
@@ -158,6 +167,15 @@ def _parse(items: tuple) -> FlowerSpec:
     if spec.round_timeout < 0 or spec.node_wait < 0:
         raise ConfigError(f"round-timeout = {spec.round_timeout} and node-wait = {spec.node_wait} must be >= 0")
     return spec
+
+
+def in_flower_words(message: str) -> str:
+    """A fedsim config error with its dotted keys (``topology.name``) written as the Flower run-config keys
+    (``topology``) that set them."""
+    for key, (dotted, _) in sorted(KEYS.items(), key=lambda item: -len(item[1][0] or "")):
+        if dotted:
+            message = re.sub(rf"(?<![\w.]){re.escape(dotted)}(?![\w])", key, message)
+    return message
 
 
 def make_spec(algorithm: str = "fedavg", **values) -> FlowerSpec:

@@ -116,6 +116,20 @@ def test_fedpca_clients_with_more_clients_than_normal_rows_is_one_line_before_an
     assert not out.exists()
 
 
+@pytest.mark.parametrize("features, k, d", [("paper", 34, 34), ("onehot", 122, 122)])
+def test_fedpca_clients_k_is_checked_against_the_features_d(tmp_path, capsys, require_data, features, k, d):
+    """d = 34 paper features, 122 one-hot columns (38 numeric + KDDTrain+'s 84 categories); k = 40 is fine one-hot."""
+    require_data("nsl-kdd")
+    argv = ["experiment", "fedpca_clients", "--out", str(tmp_path / "fp"), "--no-progress", "--set", "seeds=[0]",
+            "--set", f"features='{features}'", "--set", "clients=[10]", "--set", "methods=['exact-federated']"]
+    assert main([*argv, "--set", f"k={k}"]) == 2
+    err = capsys.readouterr().err
+    assert f"k = {k} must be in 1..{d - 1}" in err and f"d = {d}" in err and f"features = '{features}'" in err
+    assert not (tmp_path / "fp").exists()
+    if features == "onehot":
+        assert main([*argv, "--set", "k=40"]) == 0
+
+
 # --- the wrapped studies --------------------------------------------------------------------------------------------
 
 def test_vanishing_variance_runs_under_fedsim_experiment(tmp_path, capsys):
