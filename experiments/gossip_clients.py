@@ -24,7 +24,7 @@ from __future__ import annotations
 import copy
 
 from fedsim.config import ConfigError
-from fedsim.studies import Point, band_plot, fedsim_run, first_reaching, run_config, series
+from fedsim.studies import Point, band_plot, band_style, fedsim_run, first_reaching, run_config, series
 
 NAME = "gossip_clients"
 CPU_TIME = "about 1 min with --workers 2"   # README
@@ -149,18 +149,26 @@ def _setting(cfg: dict) -> str:
 
 def figures(cfg: dict, groups: list[dict], curves: list[dict]) -> dict:
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
     from matplotlib.ticker import NullFormatter
 
-    from fedsim.plots import fit_titles, say_not_finite  # (and the Agg backend)
+    from fedsim.plots import fit_titles, say_not_finite, seeds_text  # (and the Agg backend)
 
     seeds = len(cfg["seeds"])
+    spread = f"line: mean over {seeds_text(seeds)}, band: min-max" if seeds > 1 else "line: 1 seed"
     target = f"{cfg['target']:.0%}"
     figs = {}
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    band_plot(axes[0], groups, "nodes", "acc", "method", LABELS)
+    # order=METHODS: a method has the same colour, marker and dash in every panel, drawn or not
+    band_plot(axes[0], groups, "nodes", "acc", "method", LABELS, order=METHODS)
     axes[0].set(xscale="log", xlabel="nodes (clients)", ylabel=f"test accuracy after {cfg['rounds']} rounds",
                 title=f"accuracy after {cfg['rounds']} rounds")
-    band_plot(axes[1], groups, "nodes", "rounds_to_target", "method", LABELS)
+    never = band_plot(axes[1], groups, "nodes", "rounds_to_target", "method", LABELS, order=METHODS)
+    for line in axes[1].lines:   # a method that reached the target at some sizes only: say where it did not
+        method = next(m for m in METHODS if LABELS[m] == line.get_label())
+        missed = [g["nodes"] for g in groups if g["method"] == method and g["rounds_to_target"]["mean"] is None]
+        if missed:
+            line.set_label(f"{line.get_label()} (not reached at {', '.join(map(str, missed))} nodes)")
     partial = False
     for g in groups:   # a mean over fewer seeds than ran: say how many reached the target
         rt = g["rounds_to_target"]
@@ -177,11 +185,16 @@ def figures(cfg: dict, groups: list[dict], curves: list[dict]) -> dict:
         ax.xaxis.set_minor_formatter(NullFormatter())   # no "2 x 10^1" labels between the sizes
         ax.set_xlim(min(cfg["nodes"]) / 1.2, max(cfg["nodes"]) * 1.3)   # both panels: the same sizes, room for k/n
         if ax.lines:
-            ax.legend(fontsize=8, title="k/n: k of n seeds reached it" if i == 1 and partial else None,
+            handles, labels = ax.get_legend_handles_labels()
+            if i == 1:   # the methods that never reached the target: in the legend, in their style (faded)
+                for method in never:
+                    handles.append(Line2D([], [], alpha=0.5, **band_style(METHODS.index(method))))
+                    labels.append(f"{LABELS[method]}: never reached {target}")
+            ax.legend(handles, labels, fontsize=8, title="k/n: k of n seeds reached it" if i == 1 and partial else None,
                       title_fontsize=7)
         else:
             say_not_finite(ax, empty[i])
-    fig.suptitle(f"gossip_clients: {_setting(cfg)}\nline: mean over {seeds} seeds, band: min-max", fontsize=9)
+    fig.suptitle(f"gossip_clients: {_setting(cfg)}\n{spread}", fontsize=9)
     fit_titles(fig)
     figs["accuracy_vs_nodes"] = fig
 
@@ -193,13 +206,13 @@ def figures(cfg: dict, groups: list[dict], curves: list[dict]) -> dict:
     for ax in axes.flat[len(sizes):]:
         ax.set_visible(False)
     for ax, n in zip(axes.flat, sizes):
-        band_plot(ax, [c for c in curves if c["nodes"] == n], "round", "acc", "method", LABELS)
+        band_plot(ax, [c for c in curves if c["nodes"] == n], "round", "acc", "method", LABELS, order=METHODS)
         ax.axhline(cfg["target"], color="grey", ls="--", lw=0.8)
         ax.set(title=f"{n} nodes", xlabel="round", ylabel="test accuracy" if ax in axes[:, 0] else None)
         if ax.lines[:-1]:   # the target line is not a curve
             ax.legend(fontsize=7, loc="lower right")
     fig.suptitle(f"gossip_clients: test accuracy per round (dashed: the {target} target)\n{_setting(cfg)}; "
-                 f"line: mean over {seeds} seeds, band: min-max", fontsize=9)
+                 f"{spread}", fontsize=9)
     fit_titles(fig)
     figs["accuracy_vs_round"] = fig
     return figs

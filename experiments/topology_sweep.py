@@ -25,7 +25,7 @@ import math
 import numpy as np
 
 from fedsim.config import ConfigError
-from fedsim.studies import Point, band_plot, fedsim_run, run_config, series
+from fedsim.studies import Point, band_plot, band_style, fedsim_run, run_config, series
 
 NAME = "topologies"
 CPU_TIME = "about 10 s"   # README
@@ -201,11 +201,12 @@ def figures(cfg: dict, groups: list[dict], curves: list[dict]) -> dict:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import NullFormatter
 
-    import fedsim.plots  # noqa: F401  (the Agg backend)
+    from fedsim.plots import fit_titles, label_points, seeds_text  # (and the Agg backend)
 
     seeds = len(cfg["seeds"])
     labels = {g: FAMILIES[g][2] for g in FAMILIES}
-    setting = f"Metropolis weights, k = {cfg['k']}, p = {cfg['p']}, m = {cfg['m']}, {seeds} seeds"
+    order = tuple(FAMILIES)   # a family's colour (and marker) in every figure: its place among all families
+    setting = f"Metropolis weights, k = {cfg['k']}, p = {cfg['p']}, m = {cfg['m']}, {seeds_text(seeds)}"
     figs = {}
     fig, ax = plt.subplots(figsize=(6, 5))
     for g in dict.fromkeys(x["graph"] for x in groups):
@@ -214,10 +215,11 @@ def figures(cfg: dict, groups: list[dict], curves: list[dict]) -> dict:
         ys = [x["rate_measured"]["mean"] for x in mine]
         err = [[max(0.0, y - x["rate_measured"]["min"]) for y, x in zip(ys, mine)],
                [max(0.0, x["rate_measured"]["max"] - y) for y, x in zip(ys, mine)]]
-        ax.errorbar(xs, ys, yerr=err, marker="o", ls="none", capsize=3, label=labels[g])
+        ax.errorbar(xs, ys, yerr=err, marker="o", ls="none", capsize=3, label=labels[g],
+                    color=band_style(order.index(g))["color"])
     lo = min([x["rate_predicted"]["min"] for x in groups] + [x["rate_measured"]["min"] for x in groups])
     ax.plot([lo, 1], [lo, 1], color="grey", ls="--", lw=0.8, label="measured = predicted")
-    ax.set(xlabel="predicted rate |lambda_2(W)| = 1 - spectral gap (per round)",
+    ax.set(xlabel=r"predicted rate $|\lambda_2(W)|$ = 1 - spectral gap (per round)",
            ylabel=f"measured rate (per round, rounds {cfg['consensus_rounds'] // 2}-{cfg['consensus_rounds']})",
            title=f"topologies: consensus rate, measured vs predicted\n{setting}\nbars: min-max of the measured rate "
                  "over seeds")
@@ -228,8 +230,9 @@ def figures(cfg: dict, groups: list[dict], curves: list[dict]) -> dict:
     sizes = cfg["nodes"]
     fig, axes = plt.subplots(1, len(sizes), figsize=(5.5 * len(sizes), 4.2), squeeze=False)
     for ax, n in zip(axes[0], sizes):
-        band_plot(ax, [c for c in curves if c["nodes"] == n], "round", "log10_distance", "graph", labels)
-        ax.set(xlabel="round", ylabel="log10 consensus distance d_t / d_0", title=f"{n} nodes")
+        band_plot(ax, [c for c in curves if c["nodes"] == n], "round", "log10_distance", "graph", labels,
+                  order=order)
+        ax.set(xlabel="round", ylabel=r"$\log_{10}$ consensus distance $d_t / d_0$", title=f"{n} nodes")
         if ax.lines:
             ax.legend(fontsize=7)
     fig.suptitle(f"topologies: decay of the consensus distance under pure averaging ({setting}; band: min-max)",
@@ -238,6 +241,7 @@ def figures(cfg: dict, groups: list[dict], curves: list[dict]) -> dict:
 
     if cfg["accuracy"]:
         fig, ax = plt.subplots(figsize=(6.5, 4.2))
+        points, bars = [], []   # the labels; the error bars they must not cover
         for n in sizes:
             mine = [x for x in groups if x["nodes"] == n and x["acc"]["mean"] is not None]
             gaps = [x["spectral_gap"]["mean"] for x in mine]
@@ -245,14 +249,19 @@ def figures(cfg: dict, groups: list[dict], curves: list[dict]) -> dict:
             err = [[max(0.0, a - x["acc"]["min"]) for a, x in zip(acc, mine)],
                    [max(0.0, x["acc"]["max"] - a) for a, x in zip(acc, mine)]]
             ax.errorbar(gaps, acc, yerr=err, marker="o", ls="none", capsize=3, label=f"{n} nodes")
-            for gx, a, x in zip(gaps, acc, mine):
-                ax.annotate(x["graph"], (gx, a), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            points += [(x["graph"], gx, a) for gx, a, x in zip(gaps, acc, mine)]
+            bars += [(gx, x["acc"]["min"], x["acc"]["max"]) for gx, x in zip(gaps, mine)]
         data = cfg["run"].get("data", {}).get("dataset", "digits")
-        ax.set(xscale="log", xlabel="spectral gap 1 - |lambda_2(W)|",
+        ax.set(xscale="log", xlabel=r"spectral gap $1 - |\lambda_2(W)|$",
                ylabel=f"mean node test accuracy after {cfg['rounds']} rounds",
-               title=f"topologies: D-PSGD accuracy vs spectral gap ({data})\nbars: min-max over {seeds} seeds")
+               title=f"topologies: D-PSGD accuracy vs spectral gap ({data})\nbars: min-max over {seeds_text(seeds)}")
         ax.grid(alpha=0.3)
         ax.xaxis.set_minor_formatter(NullFormatter())   # minor labels (3x10^-1, ...) overlap
-        ax.legend(fontsize=7)
+        ax.margins(y=0.12)   # room above and below the outermost points for their labels
+        if points:   # ... and right of the rightmost point (log x: a factor)
+            ax.set_xlim(right=max(x for _, x, _ in points) * 2.5)
+        ax.legend(fontsize=7, loc="lower right")   # accuracy grows with the gap: that corner is empty
+        fit_titles(fig)   # lay out first: the labels are placed for the final size of the axes
+        label_points(ax, points, avoid=bars, far=True)
         figs["accuracy_vs_gap"] = fig
     return figs

@@ -147,11 +147,11 @@ def finish_runs(rows: list[dict], results: dict, out_dir: Path, title: str, conf
         problem = divergence(result.history)
         if problem:
             print(f"fedsim: note: {name}: {problem}; the run diverged (try a smaller algorithm.lr)", file=sys.stderr)
-    plots = [f"plot:    {plot_runs(results, out_dir / 'accuracy.png', title=title)}"]
+    ticks = any(cfg.time.mode == "async" for cfg in configs)
+    x_label = "tick" if ticks else "round"
+    plots = [f"plot:    {plot_runs(results, out_dir / 'accuracy.png', title=title, x_label=x_label)}"]
     if diagnostic_panels(list(results.values())):
-        ticks = any(cfg.time.mode == "async" for cfg in configs)
-        more = plot_diagnostics(results, out_dir / "diagnostics.png", x_label="tick" if ticks else "round",
-                                x_key="round", title=title)
+        more = plot_diagnostics(results, out_dir / "diagnostics.png", x_label=x_label, x_key="round", title=title)
         plots.append(f"         {more}  (node accuracy range, weight variance vs Xavier, consensus, bytes)")
     print(f"\nresults: {out_dir}/  ({listing(out_dir)})")
     print("\n".join(plots))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import textwrap
 from pathlib import Path
 from collections.abc import Mapping, Sequence
@@ -11,6 +12,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.text  # noqa: E402
+from matplotlib.transforms import Bbox  # noqa: E402
 
 from fedsim.engine import Result  # noqa: E402
 from fedsim.files import save_figure_atomically  # noqa: E402
@@ -56,6 +59,34 @@ def legend(ax, **kwargs) -> None:
         ax.legend(**kwargs)
 
 
+FEW_POINTS = 12   # a series with at most this many points is drawn with markers (one point is no line at all)
+
+
+def few_points_marker(n: int, marker: str = "o") -> dict:
+    """Line keywords that mark each point of a series of ``n`` points when there are few (``FEW_POINTS``): a
+    one-point series is otherwise invisible (a line needs two points), a short one hard to read."""
+    return {"marker": marker, "ms": 4} if n <= FEW_POINTS else {}
+
+
+def integer_ticks(ax) -> None:
+    """Ticks at whole numbers on the x axis (rounds, ticks): no 2.85 ... 3.15 around a single evaluated round."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+
+
+def seeds_text(n: int) -> str:
+    """``"1 seed"``, ``"3 seeds"``."""
+    return f"{n} seed{'' if n == 1 else 's'}"
+
+
+def series_colours(names) -> dict:
+    """A fixed colour per series name, from the colour cycle in the order given: pass the full list of series
+    (e.g. every method of a study) so that a series keeps its colour in every panel, drawn or not."""
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    return {name: cycle[i % len(cycle)] for i, name in enumerate(dict.fromkeys(names))}
+
+
 NOT_FINITE = "nothing to draw:\nevery recorded value is NaN or inf"
 
 
@@ -88,8 +119,9 @@ def accuracy_key(result: Result) -> str:
     raise KeyError(f"no accuracy metric recorded; recorded: {result.keys()}")
 
 
-def runs_figure(results: dict[str, Result], title: str = ""):
-    """Test accuracy and training loss versus round for each named run; returns the figure, unsaved.
+def runs_figure(results: dict[str, Result], title: str = "", x_label: str = "round"):
+    """Test accuracy and training loss versus round (``x_label``: "tick" for asynchronous gossip) for each named
+    run; returns the figure, unsaved.
 
     The accuracy line is the run's headline model (``accuracy_key``: FedAvg's global model, gossip's network
     average); runs that recorded per-node accuracy get a band from the worst to the best evaluated node, and only
@@ -98,15 +130,16 @@ def runs_figure(results: dict[str, Result], title: str = ""):
     fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 4))
     shaded, positive = False, False
     recorded = {"acc": 0, "loss": 0}   # values recorded, finite or not
+    colours = series_colours(results)   # a run's colour in both panels, whatever the other runs drew
     for label, res in results.items():
         key = accuracy_key(res)
         recorded["acc"] += sum(1 for r in res.history if key in r)
         rows = [r for r in res.history if _finite(r.get(key))]   # evaluated rounds (not NaN / inf)
-        colour = None
+        colour = colours[label]
         if rows:
-            (line,) = ax_acc.plot([r["round"] for r in rows], [r[key] for r in rows], marker=".",
-                                  label=f"{label} ({ACCURACY_NAMES.get(key, key)})")
-            colour = line.get_color()
+            ax_acc.plot([r["round"] for r in rows], [r[key] for r in rows], color=colour,
+                        **(few_points_marker(len(rows)) or {"marker": "."}),
+                        label=f"{label} ({ACCURACY_NAMES.get(key, key)})")
         band = [r for r in rows if all(_finite(r.get(k)) for k in ("nodes_acc_min", "nodes_acc_max"))]
         if band:
             ax_acc.fill_between([r["round"] for r in band], [r["nodes_acc_min"] for r in band],
@@ -118,13 +151,15 @@ def runs_figure(results: dict[str, Result], title: str = ""):
         loss = [(t, v) for t, v in loss if _finite(v)]
         positive |= any(v > 0 for _, v in loss)
         if loss:
-            ax_loss.plot([t for t, _ in loss], [v for _, v in loss], label=label)
-    ax_acc.set(xlabel="round", ylabel="test accuracy (fraction correct)",
+            ax_loss.plot([t for t, _ in loss], [v for _, v in loss], color=colour, label=label,
+                         **few_points_marker(len(loss)))
+    ax_acc.set(xlabel=x_label, ylabel="test accuracy (fraction correct)",
                title="test accuracy" + (" (band: worst-best node)" if shaded else ""))
-    ax_loss.set(xlabel="round", ylabel="training loss (cross-entropy)", yscale="log" if positive else "linear",
+    ax_loss.set(xlabel=x_label, ylabel="training loss (cross-entropy)", yscale="log" if positive else "linear",
                 title="local training loss (mean over clients)")
     for ax, what in ((ax_acc, "acc"), (ax_loss, "loss")):
         ax.grid(alpha=0.3)
+        integer_ticks(ax)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
         elif recorded[what]:
@@ -145,9 +180,9 @@ def _finite(v) -> bool:
 ACCURACY_NAMES = {"global_acc": "global model", "average_acc": "network-average model", "nodes_acc": "node mean"}
 
 
-def plot_runs(results: dict[str, Result], path: str | Path, title: str = "") -> Path:
+def plot_runs(results: dict[str, Result], path: str | Path, title: str = "", x_label: str = "round") -> Path:
     """``runs_figure`` saved as a PNG."""
-    return save_figure(runs_figure(results, title), path)
+    return save_figure(runs_figure(results, title, x_label), path)
 
 
 def plot_roc(curves: dict, path: str | Path, title: str = "") -> Path:
@@ -212,6 +247,50 @@ def _label(run: str, what: str) -> str:
     return f"{run}: {what}" if run else what
 
 
+def _variance_keys(res: Result) -> list[str]:
+    """The weight-variance columns a run's panel draws: one per layer, else the mean over layers."""
+    return _layer_keys(res) or (["weight_var_ratio"] if "weight_var_ratio" in res.keys() else [])
+
+
+def _layer_name(key: str) -> str:
+    return key.removeprefix("weight_var_ratio.") if "." in key else "all layers"
+
+
+_LAYER_MARKERS = "osD^vx<>"
+
+
+def _layer_style(j: int, points: int) -> dict:
+    """Line keywords of the j-th layer of the variance panel: its line style; its marker on every point of a short
+    series (a one-point series has no line to style), and as well, every few points, past the line styles."""
+    style = {"ls": _LINESTYLES[j % len(_LINESTYLES)], **few_points_marker(points, _LAYER_MARKERS[j % len(_LAYER_MARKERS)])}
+    if "marker" not in style and j >= len(_LINESTYLES):
+        style.update(marker=_LAYER_MARKERS[j % len(_LAYER_MARKERS)], ms=4, markevery=max(1, points // 10))
+    return style
+
+
+def _variance_legend(ax, colours: Mapping[str, str], layer_names: list[str]) -> tuple[list, list, dict]:
+    """The variance panel's legend. One run: its lines (layer names; they have the run's colour). Several runs with
+    several layers: one entry per run (its colour) and one per layer (its line style, in grey), so that no
+    entry needs both; the Xavier line last."""
+    from matplotlib.lines import Line2D
+
+    handles, labels = ax.get_legend_handles_labels()
+    drawn = {line.get_label() for line in ax.lines}
+    runs = [run for run in colours if any(_label(run, name) in drawn for name in layer_names)]
+    layers = [name for name in layer_names if any(_label(run, name) in drawn for run in runs)]
+    if len(runs) < 2 or len(layers) < 2:
+        return handles, labels, {}
+    points = max(len(line.get_xdata()) for line in ax.lines if line.get_label() != "Xavier")
+    proxies = [Line2D([], [], color=colours[run], lw=2, label=run or "run") for run in runs]
+    for name in layers:
+        style = _layer_style(layer_names.index(name), points)
+        style.pop("markevery", None)
+        proxies.append(Line2D([], [], color="dimgrey", label=name, **style))
+    xavier = [(h, lab) for h, lab in zip(handles, labels) if lab == "Xavier"]
+    proxies += [h for h, _ in xavier]
+    return proxies, [h.get_label() for h in proxies], {"title": "colour: run, line: layer", "title_fontsize": 7}
+
+
 def diagnostics_figure(results: Result | Sequence[Result] | Mapping[str, Result], x_label: str = "round",
                        x_key: str = "round", title: str = ""):
     """A figure with one panel per recorded diagnostic (``diagnostic_panels``), for one or more runs.
@@ -234,11 +313,13 @@ def diagnostics_figure(results: Result | Sequence[Result] | Mapping[str, Result]
         raise ValueError(f"none of the diagnostic metrics were recorded; recorded: {recorded}")
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.9), squeeze=False)
     titles = dict(DIAGNOSTIC_PANELS)
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colours = series_colours(runs)   # colour is the run in every panel
+    layer_names = list(dict.fromkeys(_layer_name(k) for r in runs.values() for k in _variance_keys(r)))
+    whole = all(isinstance(row[x_key], numbers.Integral) for r in runs.values() for row in r.history if x_key in row)
     for ax, pid in zip(axes[0], panels):
         positive = False
-        for i, (run, res) in enumerate(runs.items()):
-            colour, style = colours[i % len(colours)], _LINESTYLES[i % len(_LINESTYLES)]
+        for run, res in runs.items():
+            colour = colours[run]
             if pid == "accuracy":
                 keys = res.keys()
                 key = "nodes_acc" if "nodes_acc" in keys else next((k for k in ACCURACY_KEYS if k in keys), None)
@@ -246,7 +327,8 @@ def diagnostics_figure(results: Result | Sequence[Result] | Mapping[str, Result]
                     continue
                 xs, ys = _series(res, key, x_key)
                 if xs:   # NaN / inf everywhere (a diverged run): nothing to draw, no legend entry
-                    ax.plot(xs, ys, color=colour, label=_label(run, ACCURACY_NAMES.get(key, key)))
+                    ax.plot(xs, ys, color=colour, label=_label(run, ACCURACY_NAMES.get(key, key)),
+                            **few_points_marker(len(xs)))
                 low = f"{key}_min" if f"{key}_min" in keys else None
                 high = f"{key}_max" if f"{key}_max" in keys else None
                 if low:
@@ -256,19 +338,18 @@ def diagnostics_figure(results: Result | Sequence[Result] | Mapping[str, Result]
                         ax.fill_between([r[x_key] for r in rows], [r[low] for r in rows],
                                         [r[high or key] for r in rows], color=colour, alpha=0.2, lw=0,
                                         label=_label(run, "min-max over nodes"))
-            elif pid == "weight_var":
-                layers = _layer_keys(res) or (["weight_var_ratio"] if "weight_var_ratio" in res.keys() else [])
-                for j, key in enumerate(layers):
+            elif pid == "weight_var":   # the run's colour; the layer's line style (and marker)
+                for key in _variance_keys(res):
                     xs, ys = _series(res, key, x_key)
-                    layer_colour = colours[j % len(colours)] if key != "weight_var_ratio" else colour
-                    name = key.removeprefix("weight_var_ratio.") if "." in key else "all layers"
+                    name = _layer_name(key)
                     if xs:
-                        ax.plot(xs, ys, color=layer_colour, ls=style, label=_label(run, name))
+                        ax.plot(xs, ys, color=colour, label=_label(run, name),
+                                **_layer_style(layer_names.index(name), len(xs)))
             elif pid == "consensus":
                 xs, ys = _series(res, "consensus", x_key)
                 positive |= any(y > 0 for y in ys)
                 if xs:
-                    ax.plot(xs, ys, color=colour, label=_label(run, "consensus"))
+                    ax.plot(xs, ys, color=colour, label=_label(run, "consensus"), **few_points_marker(len(xs)))
             else:  # bytes: the history holds each round's bytes; rounds without the column sent nothing
                 xs, ys, total = [], [], 0.0
                 for row in res.history:
@@ -278,7 +359,7 @@ def diagnostics_figure(results: Result | Sequence[Result] | Mapping[str, Result]
                         xs.append(row[x_key])
                         ys.append(total)
                 if "bytes_sent" in res.keys():
-                    ax.plot(xs, ys, color=colour, label=_label(run, "bytes sent"))
+                    ax.plot(xs, ys, color=colour, label=_label(run, "bytes sent"), **few_points_marker(len(xs)))
         drawn = bool(ax.get_legend_handles_labels()[0])
         if pid == "weight_var" and drawn:
             ax.axhline(1.0, color="black", ls="--", lw=1, label="Xavier")
@@ -288,11 +369,17 @@ def diagnostics_figure(results: Result | Sequence[Result] | Mapping[str, Result]
                        "consensus": "mean sq. distance to the mean model", "bytes": "bytes (cumulative)"}[pid])
         ax.set(xlabel=x_label, title=titles[pid])
         ax.grid(alpha=0.3)
-        entries = len(ax.get_legend_handles_labels()[0])
-        if entries > 4:   # many runs or layers: below the panel, where it hides no curve
-            ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
+        if whole:
+            integer_ticks(ax)
+        handles, labels = ax.get_legend_handles_labels()
+        keys = {}
+        if pid == "weight_var" and drawn:
+            handles, labels, keys = _variance_legend(ax, colours, layer_names)
+        if len(handles) > 4:   # many runs or layers: below the panel, where it hides no curve
+            ax.legend(handles, labels, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2,
+                      frameon=False, **keys)
         elif drawn:
-            ax.legend(fontsize=7)
+            ax.legend(handles, labels, fontsize=7, **keys)
         else:   # the panel's metric was recorded (diagnostic_panels), but never as a finite number
             say_not_finite(ax)
     if title:
@@ -410,20 +497,39 @@ def frontier_figure(groups: Sequence[Mapping], series: Sequence[str] = ("sweep",
 
 
 _LABEL_OFFSETS = ((3, 3), (3, -10), (-3, 3), (-3, -10), (3, -3), (-3, -3))   # points, right/left of the marker
+_FAR_OFFSETS = ((8, 12), (-8, 12), (8, -20), (-8, -20), (14, -4), (-14, -4), (3, 22), (-3, 22), (3, -30), (-3, -30))
 
 
-def label_points(ax, points: Sequence[tuple[str, float, float]], fontsize: int = 7) -> None:
+def label_points(ax, points: Sequence[tuple[str, float, float]], fontsize: int = 7, avoid: Sequence = (),
+                 inside: bool = True, far: bool = False) -> None:
     """Annotate (text, x, y) points in data coordinates, each beside its point where it covers no label placed
-    before it (tried on six sides); a label with no free side is left out (its point sits on another's)."""
+    before it (tried on six sides), no marker or error bar in ``avoid`` other than its point's own, and
+    (``inside``) lies within the axes; with ``far``, ten places a little further out are tried next, the label
+    joined to its point by a thin line. A label with no such place is left out (its point sits on another's).
+
+    ``avoid``: (x, y) markers and (x, y_low, y_high) vertical error bars, in data coordinates. The labels are
+    placed for the axes' size and limits now: lay the figure out (``fit_titles``) first."""
     ax.get_xlim(), ax.get_ylim()   # settle the autoscaled limits before measuring in display coordinates
     renderer = ax.figure.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    r = 3.5 * ax.figure.dpi / 72   # a marker's half size (ms 6), in pixels
+    obstacles = []
+    for item in avoid:
+        x, lo, hi = (item[0], item[1], item[1]) if len(item) == 2 else item
+        (u0, v0), (_, v1) = ax.transData.transform([(x, lo), (x, hi)])
+        obstacles.append((x, lo, hi, Bbox.from_extents(u0 - r, min(v0, v1) - r, u0 + r, max(v0, v1) + r)))
     placed = []
     for text, x, y in points:
-        for dx, dy in _LABEL_OFFSETS:
+        blocked = placed + [box for ox, lo, hi, box in obstacles if not (ox == x and lo <= y <= hi)]
+        for dx, dy in _LABEL_OFFSETS + (_FAR_OFFSETS if far else ()):
+            lead = {"arrowprops": {"arrowstyle": "-", "color": "grey", "lw": 0.5, "shrinkA": 0, "shrinkB": 3}} \
+                if (dx, dy) in _FAR_OFFSETS else {}
             note = ax.annotate(text, (x, y), fontsize=fontsize, xytext=(dx, dy), textcoords="offset points",
-                               ha="left" if dx > 0 else "right")
-            box = note.get_window_extent(renderer)
-            if not any(box.overlaps(other) for other in placed):
+                               ha="left" if dx > 0 else "right", **lead)
+            note.get_window_extent(renderer)                          # places the text
+            box = matplotlib.text.Text.get_window_extent(note, renderer)   # the text alone, not its leader line
+            fits = not inside or (frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1)
+            if fits and not any(box.overlaps(other) for other in blocked):
                 placed.append(box)
                 break
             note.remove()

@@ -503,13 +503,21 @@ def csv_text(rows: list[dict]) -> str:
 # --- figures ----------------------------------------------------------------------------------------------------
 
 def band_plot(ax, groups: list[dict], x: str, y: str, series: str, labels: dict | None = None,
-              band: str = "minmax") -> None:
+              band: str = "minmax", order=None) -> list:
     """One line per value of ``series``: the mean of metric ``y`` over seeds against ``x``, with a band (min-max
     over seeds, or ``band="std"``: mean +- std). Groups whose mean is None are left out. Lines differ in colour,
-    marker and dash, so that lines on top of each other stay visible."""
-    for i, s in enumerate(dict.fromkeys(g[series] for g in groups)):
+    marker and dash, so that lines on top of each other stay visible. A series' colour, marker and dash are fixed
+    by its place in ``order`` (the series of the figure in a fixed order; then any others in the order they
+    come), not by which series drew before it: pass the same ``order`` to every panel and a series looks the
+    same in each, whichever series a panel cannot draw. Returns the series with nothing to draw (no mean)."""
+    present = list(dict.fromkeys(g[series] for g in groups))
+    fixed = list(dict.fromkeys([*(order or ()), *present]))
+    missing = []
+    for s in present:
+        i = fixed.index(s)
         pts = sorted((g[x], g[y]) for g in groups if g[series] == s and g.get(y, {}).get("mean") is not None)
         if not pts:
+            missing.append(s)
             continue
         xs = [p[0] for p in pts]
         mean = [p[1]["mean"] for p in pts]
@@ -518,10 +526,20 @@ def band_plot(ax, groups: list[dict], x: str, y: str, series: str, labels: dict 
             hi = [p[1]["mean"] + p[1]["std"] for p in pts]
         else:
             lo, hi = [p[1]["min"] for p in pts], [p[1]["max"] for p in pts]
-        (line,) = ax.plot(xs, mean, marker="osD^vx"[i % 6], ms=4, ls=("-", "--", "-.", ":")[i % 4], mfc="none",
-                          markevery=max(1, len(xs) // 12), label=(labels or {}).get(s, str(s)))
+        (line,) = ax.plot(xs, mean, **band_style(i), markevery=max(1, len(xs) // 12),
+                          label=(labels or {}).get(s, str(s)))
         ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.2, lw=0)
     ax.grid(alpha=0.3)
+    return missing
+
+
+def band_style(i: int) -> dict:
+    """The line keywords of ``band_plot``'s i-th series (its place in ``order``): colour, marker and dash."""
+    import matplotlib.pyplot as plt
+
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    return {"color": cycle[i % len(cycle)], "marker": "osD^vx"[i % 6], "ms": 4, "ls": ("-", "--", "-.", ":")[i % 4],
+            "mfc": "none"}
 
 
 def save_figures(out: Path, figures: dict) -> list[Path]:

@@ -434,9 +434,17 @@ def test_divergence_is_said_from_the_training_loss():
     assert "became nan" in divergence([{"round": 1, "train_loss": float("nan"), "participants": 2}, idle])
 
 
-def test_an_async_run_with_idle_ticks_is_not_called_diverged(capsys, tiny_config, tmp_path):
+def test_an_async_run_with_idle_ticks_is_not_called_diverged(capsys, tiny_config, tmp_path, monkeypatch):
     """10 nodes with U{8..12} clocks: most ticks train nobody (NaN loss). No divergence note; the summary's
-    train_loss is the last tick's in which some node trained."""
+    train_loss is the last tick's in which some node trained; both figures count ticks."""
+    import fedsim.plots
+
+    labels = {}
+    for name in ("plot_runs", "plot_diagnostics"):
+        def spy(*args, _name=name, _real=getattr(fedsim.plots, name), **kwargs):
+            labels[_name] = kwargs.get("x_label")
+            return _real(*args, **kwargs)
+        monkeypatch.setattr(fedsim.plots, name, spy)
     code, out, err = cli(capsys, "run", tiny_config, "--out", tmp_path / "a", "--no-progress",
                          "--set", "algorithm.name=gossip", "--set", "clients=10", "--set", "time.mode=async",
                          "--set", "rounds=30", "--set", "topology.name=ring")
@@ -447,6 +455,7 @@ def test_an_async_run_with_idle_ticks_is_not_called_diverged(capsys, tiny_config
     assert "diverged" not in err
     row = out.splitlines()[2].split()
     assert math.isclose(float(row[SUMMARY_COLUMNS.index("train_loss")]), trained[-1], abs_tol=5e-4), (row, trained)
+    assert labels == {"plot_runs": "tick", "plot_diagnostics": "tick"}
 
 
 def test_a_diverged_run_gets_one_note(capsys, tiny_config, tmp_path):
