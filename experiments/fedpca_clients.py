@@ -180,8 +180,10 @@ def _run_point(cfg: dict, p: Point) -> list[dict]:
 
 
 def summary(cfg: dict, groups: list[dict]) -> list[str]:
+    from fedsim.plots import seeds_text
+
     lines = [(f"KDDTest+, k = {cfg['k']}, {cfg['split']} split, {cfg['protocol']} threshold (alpha {cfg['alpha']}); "
-              f"mean +- std over {len(cfg['seeds'])} seeds"
+              f"mean +- std over {seeds_text(len(cfg['seeds']))}"
               + (" (the paper split is deterministic: methods without random draws show +- 0.00)"
                  if cfg["split"] == "paper" else "")),
              f"{'clients':>7}  {'method':20s} {'AUC %':>13} {'F1 %':>13} {'train s':>9} {'MB sent':>11}"]
@@ -195,7 +197,7 @@ def summary(cfg: dict, groups: list[dict]) -> list[str]:
 def figures(cfg: dict, groups: list[dict], curves: list[dict]) -> dict:
     import matplotlib.pyplot as plt
 
-    import fedsim.plots  # noqa: F401  (the Agg backend)
+    from fedsim.plots import seeds_text  # (and the Agg backend)
 
     seeds = len(cfg["seeds"])
     fig, axes = plt.subplots(2, 2, figsize=(11, 8))
@@ -211,8 +213,8 @@ def figures(cfg: dict, groups: list[dict], curves: list[dict]) -> dict:
         if ax.lines:
             ax.legend(fontsize=7)
     graph = f", decentralized on {cfg['topology']}" if any("decentralized" in g["method"] for g in groups) else ""
-    fig.suptitle(f"fedpca_clients: NSL-KDD ({cfg['split']} split, k = {cfg['k']}{graph}); line: mean over {seeds} "
-                 "seeds, band: min-max\n"
+    fig.suptitle(f"fedpca_clients: NSL-KDD ({cfg['split']} split, k = {cfg['k']}{graph}); line: mean over "
+                 f"{seeds_text(seeds)}, band: min-max\n"
                  "(local-only and exact federated PCA send nothing iterative: local-only 0 bytes is not drawn on the "
                  "log axis)", fontsize=9)
     return {"fedpca_vs_clients": fig}

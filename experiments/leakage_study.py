@@ -76,7 +76,9 @@ def run_point(cfg: dict, point, folder) -> list[dict]:
 
 
 def summary(cfg: dict, groups: list[dict]) -> list[str]:
-    lines = [f"attack SSIM and FedAvg test accuracy vs defence: mean +- std over {len(cfg['seeds'])} seeds"]
+    from fedsim.plots import seeds_text
+
+    lines = [f"attack SSIM and FedAvg test accuracy vs defence: mean +- std over {seeds_text(len(cfg['seeds']))}"]
     for g in groups:
         acc = g["test_acc"]
         lines.append(f"  {g['sweep']:8s} {g['strength']:<7g} {g['attack']:4s} ssim {g['ssim']['mean']:.3f} +- "
@@ -86,7 +88,7 @@ def summary(cfg: dict, groups: list[dict]) -> list[str]:
 
 
 def figures(cfg: dict, groups: list[dict], curves: list[dict]) -> dict:
-    from fedsim.plots import plt
+    from fedsim.plots import plt, seeds_text
     from fedsim.studies import band_plot
 
     sweeps = list(cfg["sweeps"])
@@ -106,6 +108,6 @@ def figures(cfg: dict, groups: list[dict], curves: list[dict]) -> dict:
         axes[1, j].set(ylim=(0, 1), xlabel=XLABELS[sweep], ylabel="test accuracy (fraction)" if j == 0 else None)
     fig.suptitle(f"leakage_defences: MNIST, DropoutMLP 784-512x3; {cfg['victims']} victim(s) x {cfg['iterations']} "
                  f"attack iterations, FedAvg {cfg['rounds']} rounds {cfg['clients_per_round']}/{cfg['clients']} "
-                 f"clients\nline: mean over {len(cfg['seeds'])} seeds, band: min-max", fontsize=9)
+                 f"clients\nline: mean over {seeds_text(len(cfg['seeds']))}, band: min-max", fontsize=9)
     return {"leakage_vs_defence": fig}
 

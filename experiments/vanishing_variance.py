@@ -441,6 +441,8 @@ def size_curves(study: Study, series: dict[Point, dict]) -> list[dict]:
 def plot_accuracy(study: Study, series: dict[Point, dict]):
     import matplotlib.pyplot as plt  # fedsim.plots has set the Agg backend
 
+    from fedsim.plots import seeds_text
+
     fig, axes = plt.subplots(1, len(study.sizes), figsize=(5.2 * len(study.sizes), 4), squeeze=False, sharey=True)
     for ax, n in zip(axes[0], study.sizes):
         for m in study.methods:
@@ -452,7 +454,7 @@ def plot_accuracy(study: Study, series: dict[Point, dict]):
                xlabel="tick", ylabel="mean node test accuracy")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")
-    fig.suptitle(f"line: mean over {len(study.seeds)} seeds; band: min-max over seeds")
+    fig.suptitle(f"line: mean over {seeds_text(len(study.seeds))}; band: min-max over seeds")
     return fig
 
 
@@ -481,6 +483,8 @@ def plot_weight_variance(study: Study, series: dict[Point, dict]):
 def plot_degree(study: Study, metrics: dict):
     import matplotlib.pyplot as plt
 
+    from fedsim.plots import seeds_text
+
     fig, ax = plt.subplots(figsize=(6, 4.2))
     for m in study.degree_methods:
         groups = [g for g in metrics["groups"] if g["sweep"] == "degree" and g["method"] == m]
@@ -498,7 +502,7 @@ def plot_degree(study: Study, metrics: dict):
         ax.axhline(fl["ticks"]["mean"], color=COLOURS["fl"], ls="--", label=f"{LABELS['fl']} ({study.degree_size} clients)")
         ax.axhspan(fl["ticks"]["min"], fl["ticks"]["max"], color=COLOURS["fl"], alpha=0.15, lw=0)
     ax.set(xlabel="degree k of the random regular graph", ylabel=f"ticks to {study.threshold:.0%} mean node accuracy",
-           title=f"{study.degree_size} nodes; mean over {len(study.seeds)} seeds, bars: min-max")
+           title=f"{study.degree_size} nodes; mean over {seeds_text(len(study.seeds))}, bars: min-max")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     return fig
