@@ -1,4 +1,4 @@
-"""Privacy-utility curves of update defences against gradient inversion on MNIST (spec leakage.md, "Defences to sweep").
+"""Privacy-utility curves of update defences against gradient inversion on MNIST (docs/attacks.md).
 
 For each defence strength this script measures
   * attack quality: SSIM / PSNR of Inverting Gradients (IG; for the dropout sweep also DIA) reconstructing MNIST

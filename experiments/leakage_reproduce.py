@@ -1,4 +1,5 @@
-"""Reproduce the Dropout Inversion Attack comparisons (spec leakage.md) with the official hyper-parameters.
+"""Reproduce the Dropout Inversion Attack comparisons (Scheliga et al., AAAI 2023; docs/attacks.md) with the
+official hyper-parameters.
 
     python experiments/leakage_reproduce.py mnist      # MLP, p = 0.25, victims 0..9 of dia_mnist_128
     python experiments/leakage_reproduce.py cifar10    # small ViT, p = 0.5, victims 80, 33, 77 of dia_cifar10_128
@@ -34,14 +35,18 @@ SETTINGS = {
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("dataset", choices=sorted(SETTINGS))
-    ap.add_argument("--attacks", default="informed,dia,ig")
-    ap.add_argument("--max-iterations", type=int, default=20_000)
+    ap.add_argument("dataset", choices=sorted(SETTINGS), help="mnist (MLP, dropout 0.25, victims 0-9) or cifar10 "
+                    "(ViT, dropout 0.5, victims 80, 33, 77)")
+    ap.add_argument("--attacks", default="informed,dia,ig", help="comma-separated attacks, run in this order; one "
+                    "already in OUT/results.json is skipped (default: %(default)s)")
+    ap.add_argument("--max-iterations", type=int, default=20_000, help="iteration cap per attack; the official "
+                    "stop rules usually end earlier (default: %(default)s)")
     ap.add_argument("--data-dir", default=None, help="folder with mnist/ and cifar10-sample/ (default: FEDSIM_DATA_DIR)")
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: %(default)s)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default=None)
+    ap.add_argument("--seed", type=int, default=0, help="torch seed: the attacked model's weights, its dropout masks "
+                    "and the attacks' initial guesses (default: %(default)s)")
+    ap.add_argument("--out", default=None, help="results folder (default: results/leakage_DATASET)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     s = SETTINGS[args.dataset]

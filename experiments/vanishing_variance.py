@@ -1,4 +1,4 @@
-"""Vanishing variance (issue 9): FL vs plain gossip vs variance-corrected gossip, in ticks (docs/gossip.md).
+"""Vanishing variance: FL vs plain gossip vs variance-corrected gossip, in ticks (docs/gossip.md).
 
 Reproduces the comparison of Tian, Al-Ars, Kitsak, Hofstee, "Vanishing Variance Problem in Fully Decentralized
 Neural-Network Systems" (2024) on fedsim's engine. Methods (``METHOD_SETTINGS``):
