@@ -23,7 +23,7 @@ import topologies
 from fedsim import data as fdata
 from fedsim.algorithms import AsyncGossip, AsyncGossipState, FedAvg, FedAvgState, Gossip, GossipState
 from fedsim.averaging import Averaging
-from fedsim.config import ConfigError, RunConfig, to_toml
+from fedsim.config import ConfigError, RunConfig, TopologyConfig, to_toml
 from fedsim.engine import Federation, Result, atomic_write_text, simulate
 from fedsim.messages import LinkDrop
 from fedsim.models import build_model
@@ -72,6 +72,12 @@ def build_schedule(cfg: RunConfig):
         raise ConfigError("topology.name = 'edge_list' needs topology.path, the edge-list file (one 'u v' per line)")
     accepted = inspect.signature(fn).parameters
     used = {k: v for k, v in params.items() if k in accepted}
+    defaults = TopologyConfig()
+    ignored = [k for k, v in params.items() if k not in accepted and v != getattr(defaults, k)]
+    if ignored:
+        takes = ", ".join(f"topology.{k}" for k in params if k in accepted) or "none of topology.k, topology.p, topology.m, topology.path"
+        raise ConfigError(f"topology.{ignored[0]} = {params[ignored[0]]!r} does not apply to topology.name = "
+                          f"{top.name!r} (it takes {takes})")
     try:
         graph = topologies.build(top.name, None if top.name == "edge_list" else cfg.clients, seed=cfg.seed, **used)
     except topologies.TopologyError as e:

@@ -84,6 +84,11 @@ def test_run_with_more_clients_than_samples(capsys, cwd, config, overrides, frag
       "--set", "clients=9"], ["topology.name = 'regular' with clients = 9, topology.k = 3", "must be even"]),
     (["run", CONFIGS / "quickstart_gossip.toml", "--set", "topology.name=edge_list"],
      ["topology.name = 'edge_list' needs topology.path"]),
+    # a generator setting the graph does not read
+    (["run", CONFIGS / "quickstart_gossip.toml", "--set", "topology.k=7"],
+     ["topology.k = 7 does not apply to topology.name = 'ring'"]),
+    (["run", CONFIGS / "quickstart_gossip.toml", "--set", "topology.name=regular", "--set", "topology.m=3"],
+     ["topology.m = 3 does not apply to topology.name = 'regular' (it takes topology.k)"]),
     # a study's config given to `fedsim run`
     (["run", CONFIGS / "topologies.toml"], ["is a study config", "fedsim experiment topologies --config"]),
     (["run", CONFIGS / "fedpca_clients_full.toml"], ["fedsim experiment fedpca_clients --config"]),

@@ -179,7 +179,7 @@ def in_flower_words(message: str) -> str:
 
 
 def make_spec(algorithm: str = "fedavg", **values) -> FlowerSpec:
-    """``parse`` from keyword arguments (underscores for dashes): ``make_spec("gossip", clients=8, topology_k=2)``."""
+    """``parse`` from keyword arguments (underscores for dashes): ``make_spec("gossip", clients=8, topology="regular", topology_k=3)``."""
     return parse({"algorithm": algorithm, **{k.replace("_", "-"): v for k, v in values.items()}})
 
 

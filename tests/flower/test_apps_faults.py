@@ -161,7 +161,7 @@ def test_run_config_errors_name_the_key():
         make_spec("fedavg", clients=8, min_nodes=9)
     with pytest.raises(ConfigError, match="hidden"):
         make_spec("fedavg", hidden="a,b")
-    s = make_spec("gossip", clients=6, topology_k=2, averaging="variance_corrected", beta=0.3)
+    s = make_spec("gossip", clients=6, averaging="variance_corrected", beta=0.3)
     assert make_spec(**s.to_run_config()) == s
 
 

@@ -27,7 +27,7 @@ def test_ray_simulation_matches_the_engine(tmp_path, monkeypatch):
     homes = []
     real = simulation.tempfile.mkdtemp
     monkeypatch.setattr(simulation.tempfile, "mkdtemp", lambda **kw: homes.append(real(**kw)) or homes[-1])
-    spec = make_spec("gossip", clients=4, rounds=3, topology="ring", topology_k=2, batch_size=8, hidden="16",
+    spec = make_spec("gossip", clients=4, rounds=3, topology="ring", batch_size=8, hidden="16",
                      averaging="variance_corrected", beta=0.4, out=str(tmp_path))
     result = run_mode(spec, "simulation", timeout=300)
     final = torch.load(tmp_path / "final.pt")
