@@ -262,9 +262,10 @@ _LAYER_MARKERS = "osD^vx<>"
 def _layer_style(j: int, points: int) -> dict:
     """Line keywords of the j-th layer of the variance panel: its line style; its marker on every point of a short
     series (a one-point series has no line to style), and as well, every few points, past the line styles."""
-    style = {"ls": _LINESTYLES[j % len(_LINESTYLES)], **few_points_marker(points, _LAYER_MARKERS[j % len(_LAYER_MARKERS)])}
+    marker = _LAYER_MARKERS[j % len(_LAYER_MARKERS)]
+    style = {"ls": _LINESTYLES[j % len(_LINESTYLES)], **few_points_marker(points, marker)}
     if "marker" not in style and j >= len(_LINESTYLES):
-        style.update(marker=_LAYER_MARKERS[j % len(_LAYER_MARKERS)], ms=4, markevery=max(1, points // 10))
+        style.update(marker=marker, ms=4, markevery=max(1, points // 10))
     return style
 
 
