@@ -135,8 +135,8 @@ class AlgorithmConfig:
                               "server (use algorithm.name = 'gossip')")
         defaults = AlgorithmConfig.__dataclass_fields__
         if self.name == "gossip" and self.clients_per_round:
-            raise ConfigError("algorithm.clients_per_round applies to algorithm.name = 'fedavg' (server-side sampling); "
-                              "gossip nodes train with algorithm.active_fraction")
+            raise ConfigError("algorithm.clients_per_round applies to algorithm.name = 'fedavg' (server-side "
+                              "sampling); gossip nodes train with algorithm.active_fraction")
         if self.name == "gossip" and not self.weighted:
             raise ConfigError("algorithm.weighted applies to algorithm.name = 'fedavg' (the server's aggregation "
                               "weights); gossip weights come from topology.mixing or algorithm.averaging")

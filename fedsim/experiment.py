@@ -75,7 +75,8 @@ def build_schedule(cfg: RunConfig):
     defaults = TopologyConfig()
     ignored = [k for k, v in params.items() if k not in accepted and v != getattr(defaults, k)]
     if ignored:
-        takes = ", ".join(f"topology.{k}" for k in params if k in accepted) or "none of topology.k, topology.p, topology.m, topology.path"
+        takes = ", ".join(f"topology.{k}" for k in params if k in accepted) or \
+            "none of topology.k, topology.p, topology.m, topology.path"
         raise ConfigError(f"topology.{ignored[0]} = {params[ignored[0]]!r} does not apply to topology.name = "
                           f"{top.name!r} (it takes {takes})")
     try:

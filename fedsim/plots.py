@@ -529,7 +529,8 @@ def label_points(ax, points: Sequence[tuple[str, float, float]], fontsize: int =
                                ha="left" if dx > 0 else "right", **lead)
             note.get_window_extent(renderer)                          # places the text
             box = matplotlib.text.Text.get_window_extent(note, renderer)   # the text alone, not its leader line
-            fits = not inside or (frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1)
+            fits = not inside or (frame.x0 <= box.x0 and box.x1 <= frame.x1
+                                  and frame.y0 <= box.y0 and box.y1 <= frame.y1)
             if fits and not any(box.overlaps(other) for other in blocked):
                 placed.append(box)
                 break

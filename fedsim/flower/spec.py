@@ -144,17 +144,16 @@ def _parse(items: tuple) -> FlowerSpec:
         overrides["topology.name"] = "star"
     try:
         run = fconfig.replace(RunConfig(), overrides).validate()
-        if algorithm == "gossip" and not (run.topology.name.startswith("directed")
-                                          or run.topology.schedule != "static"):
+        supported = not run.topology.name.startswith("directed") and run.topology.schedule == "static"
+        if algorithm == "gossip" and supported:
             from fedsim.experiment import build_schedule
 
             build_schedule(run)   # a graph that cannot be built is refused here, before any app starts
     except ConfigError as e:
         raise ConfigError(in_flower_words(str(e))) from None
-    if algorithm == "gossip":
-        if run.topology.name.startswith("directed") or run.topology.schedule != "static":
-            raise ConfigError(f"topology = {run.topology.name!r}: Flower gossip runs support static undirected "
-                              "topologies only")
+    if algorithm == "gossip" and not supported:
+        raise ConfigError(f"topology = {run.topology.name!r}: Flower gossip runs support static undirected "
+                          "topologies only")
     if run.algorithm.momentum:
         raise ConfigError("momentum is not supported on Flower runs")
     spec = FlowerSpec(algorithm, run, int(values["k"]), float(values["client-fraction"]), str(values["out"]),
@@ -179,7 +178,8 @@ def in_flower_words(message: str) -> str:
 
 
 def make_spec(algorithm: str = "fedavg", **values) -> FlowerSpec:
-    """``parse`` from keyword arguments (underscores for dashes): ``make_spec("gossip", clients=8, topology="regular", topology_k=3)``."""
+    """``parse`` from keyword arguments (underscores for dashes):
+    ``make_spec("gossip", clients=8, topology="regular", topology_k=3)``."""
     return parse({"algorithm": algorithm, **{k.replace("_", "-"): v for k, v in values.items()}})
 
 

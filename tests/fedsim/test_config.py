@@ -493,7 +493,8 @@ def test_negative_seed_is_a_config_error():
     # settings of one algorithm given to the other would be ignored silently
     ({"algorithm.name": "gossip", "topology.name": "ring", "algorithm.clients_per_round": 3},
      ["algorithm.clients_per_round", "'fedavg'", "active_fraction"]),
-    ({"algorithm.name": "gossip", "topology.name": "ring", "algorithm.weighted": False}, ["algorithm.weighted", "'fedavg'"]),
+    ({"algorithm.name": "gossip", "topology.name": "ring", "algorithm.weighted": False},
+     ["algorithm.weighted", "'fedavg'"]),
     ({"algorithm.active_fraction": 0.3}, ["algorithm.active_fraction", "'gossip'", "clients_per_round"]),
     ({"algorithm.name": "gossip", "topology.name": "directed_ring", "topology.mixing": "max_degree"},
      ["topology.mixing", "'directed_ring'", "push-sum"]),
