@@ -202,41 +202,70 @@ def default_values(study) -> dict:
 
 
 def toml_comments(path: Path) -> dict[str, str]:
-    """The end-of-line comments of a TOML file's keys and tables, by dotted key (``run.threads``, ``run``)."""
-    comments, table, depth = {}, "", 0
+    """The end-of-line comments of a TOML file's keys and tables, by dotted key (``run.threads``, ``run``).
+
+    Line by line, with strings masked (``_mask_strings``): a "#" or bracket inside a string is no comment or array,
+    and the lines inside a multi-line string or array are values, not keys or table headers."""
+    comments, table, depth, open_string = {}, "", 0, None
     for line in path.read_text().splitlines():
-        text = line.strip()
-        if depth > 0:   # inside a multi-line array: its lines are values, not keys or table headers
-            depth += _open_brackets(text)
+        inside = open_string is not None or depth > 0   # the line continues a multi-line string or array
+        masked, comment, open_string = _mask_strings(line, open_string)
+        text = masked.strip()
+        if inside:
+            depth = max(0, depth + text.count("[") - text.count("]")) if depth > 0 else depth
             continue
         if text.startswith("["):
-            table = text[1:text.index("]")].strip() if "]" in text else table
-            key, rest = table, text[text.index("]") + 1:] if "]" in text else ""
-        elif "=" in text and not text.startswith("#"):
-            name, rest = (t.strip() for t in text.split("=", 1))
-            key = f"{table}.{name}" if table else name
-            depth = max(0, _open_brackets(rest))
-            if depth > 0:   # the first line of a multi-line array: its comment is what follows the first "#"
-                if "#" in rest:
-                    comments[key] = rest.split("#", 1)[1].strip()
+            if "]" not in text:
                 continue
+            lead = len(masked) - len(masked.lstrip())
+            table = line[lead + 1:lead + text.index("]")].strip()
+            key = table
+        elif "=" in text:
+            eq = masked.index("=")
+            name = line[:eq].strip()
+            key = f"{table}.{name}" if table else name
+            value = masked[eq + 1:]
+            depth = max(0, value.count("[") - value.count("]"))
         else:
             continue
-        for at in (i for i, c in enumerate(rest) if c == "#"):
-            try:   # the first "#" after a complete value (a "#" inside a string does not parse)
-                if rest[:at].strip():
-                    tomllib.loads(f"v = {rest[:at]}")
-            except tomllib.TOMLDecodeError:
-                continue
-            comments[key] = rest[at + 1:].strip()
-            break
+        if comment is not None:
+            comments[key] = comment
     return comments
 
 
-def _open_brackets(text: str) -> int:
-    """How many more ``[`` than ``]`` a TOML line has before its comment (strings are not told apart)."""
-    code = text.split("#", 1)[0]
-    return code.count("[") - code.count("]")
+_QUOTES = ('"""', "'''", '"', "'")
+
+
+def _mask_strings(line: str, open_string: str | None) -> tuple[str, str | None, str | None]:
+    """A TOML line's code with every string's content masked ("_", same length), its comment (what follows the
+    first "#" outside strings; None without one) and the multi-line string still open at its end. ``open_string``:
+    the delimiter of a multi-line string open at the start of the line."""
+    out, i, n = [], 0, len(line)
+    while i < n:
+        if open_string:
+            if open_string in ('"', '"""') and line[i] == "\\":   # an escape in a basic string
+                out.append("_" * len(line[i:i + 2]))
+                i += 2
+                continue
+            if line.startswith(open_string, i):
+                out.append(open_string)
+                i += len(open_string)
+                open_string = None
+                continue
+            out.append("_")
+            i += 1
+            continue
+        if line[i] == "#":
+            return "".join(out), line[i + 1:].strip(), None
+        quote = next((q for q in _QUOTES if line.startswith(q, i)), None)
+        if quote:
+            out.append(quote)
+            i += len(quote)
+            open_string = quote
+        else:
+            out.append(line[i])
+            i += 1
+    return "".join(out), None, open_string if open_string in _QUOTES[:2] else None
 
 
 def help_text(study, width: int = 100) -> str:

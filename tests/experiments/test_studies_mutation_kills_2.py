@@ -280,3 +280,24 @@ def test_a_result_without_curves_still_aggregates(toy, tmp_path):
         (folder / "result.json").write_text(json.dumps(result))
     rows, curves = studies.collect(points, tmp_path)
     assert rows == [{"k": 1, "v": 0, "seed": 0}, {"k": 1, "v": 1, "seed": 1}] and curves == []
+
+
+@pytest.mark.parametrize("text, want", [
+    # a string with an unbalanced bracket is no array: the keys after it keep their comments
+    ('label = "acc in [0, 1)"  # the y label\nk = 3  # kay\n', {"label": "the y label", "k": "kay"}),
+    ("path = 'C:\\\\x [old'  # literal\nk = 3  # kay\n", {"path": "literal", "k": "kay"}),
+    # a "[x]" line inside a multi-line string is no table header
+    ('doc = """\n[x]\n# not a comment\n"""  # after\nk = 1  # kay\n[run]\nseed = 2  # s\n',
+     {"k": "kay", "run.seed": "s"}),
+    ("doc = '''\n[x] # no\n'''\nk = 1  # kay\n", {"k": "kay"}),
+    # an escaped quote does not end a basic string
+    ('q = "say \\"[\\" # no"  # yes\nk = 1  # kay\n', {"q": "yes", "k": "kay"}),
+    ('"quoted.key" = 1  # qk\n', {'"quoted.key"': "qk"}),
+])
+def test_toml_comments_mask_strings(tmp_path, text, want):
+    """toml_comments against what tomllib reads: brackets, "#" and table-like lines inside strings (basic, literal,
+    multi-line, escaped quotes) are string content, not arrays, comments or tables."""
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    tomllib.loads(text)                                    # valid TOML
+    assert studies.toml_comments(path) == want
