@@ -26,7 +26,8 @@ def register(subparsers) -> None:
                                                      "experiments/flower_leakage.py); model, dropout and victims "
                                                      "come from the file (default: none, attack fresh victims)")
     p.add_argument("--iterations", type=int, default=3000, help="iteration cap per attack (official: 20,000)")
-    p.add_argument("--data-dir", help="folder holding mnist/dia_mnist_128.npz and cifar10-sample/dia_cifar10_128.npz "
+    p.add_argument("--data-dir", help="folder holding mnist/dia_mnist_128.npz and cifar10-sample/dia_cifar10_128.npz, "
+                                      "downloaded there from the DIA authors' repository when missing "
                                       f"{DATA_DIR_DEFAULT}")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--seed", type=int, default=0, help="seed of the model's initialisation and the attacks (>= 0)")
