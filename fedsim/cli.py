@@ -131,7 +131,8 @@ def run_one(cfg, out_dir: Path, resume: bool, progress: bool, overwrite: bool = 
     finally:
         for bar in bars:
             bar.close()
-    return result, time.perf_counter() - start
+    # the run's own time, over every invocation of a resumed run (a finished run resumed adds nothing)
+    return result, result.seconds if result.seconds is not None else time.perf_counter() - start
 
 
 def finish_runs(rows: list[dict], results: dict, out_dir: Path, title: str, configs: list) -> None:

@@ -47,10 +47,12 @@ class Federation:
 
 @dataclass
 class Result:
-    """Per-round history (a list of flat dicts) and the final algorithm state."""
+    """Per-round history (a list of flat dicts) and the final algorithm state; ``seconds``: the wall time of the
+    rounds, over every invocation of a resumed run (set by ``fedsim.experiment.run``; None when not measured)."""
 
     history: list[dict]
     state: Any = None
+    seconds: float | None = None
 
     def column(self, key: str) -> list:
         """One metric over the rounds (NaN where it was not recorded)."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -148,11 +149,15 @@ def build(cfg: RunConfig) -> Setup:
     return Setup(algorithm, fed, taps)
 
 
-def save_checkpoint(path: Path, round: int, state, history: list[dict], config_toml: str) -> None:
-    """Atomically save a resumable, checksummed checkpoint (state fields, history, config); see ``fedsim.runs``."""
+def save_checkpoint(path: Path, round: int, state, history: list[dict], config_toml: str,
+                    seconds: float | None = None) -> None:
+    """Atomically save a resumable, checksummed checkpoint (state fields, history, config and, if given, the
+    run's wall time so far); see ``fedsim.runs``."""
     payload = {"round": round, "state_type": type(state).__name__,
                "state": {f.name: _to_cpu(getattr(state, f.name)) for f in dataclasses.fields(state)},
                "history": history, "config": config_toml}
+    if seconds is not None:
+        payload["seconds"] = float(seconds)
     write_checkpoint(path, payload)
 
 
@@ -185,6 +190,9 @@ def _checked_payload(path: Path) -> dict:
     for key, kind in kinds.items():
         if not isinstance(payload.get(key), kind) or isinstance(payload.get(key), bool):
             raise CheckpointError(f"checkpoint {path}: field {key!r} is missing or not a {kind.__name__}")
+    seconds = payload.get("seconds", 0.0)   # optional (checkpoints before it had none)
+    if not isinstance(seconds, float) or not math.isfinite(seconds) or seconds < 0:
+        raise CheckpointError(f"checkpoint {path}: field 'seconds' is not a non-negative number")
     rounds = [row.get("round") if isinstance(row, dict) else None for row in payload["history"]]
     if rounds != list(range(1, payload["round"] + 1)):
         raise CheckpointError(f"checkpoint {path}: its history does not hold rounds 1..{payload['round']}")
@@ -282,11 +290,12 @@ def run(cfg: RunConfig, out_dir: str | Path | None = None, resume: bool = False,
     out = Path(out_dir) if out_dir is not None else None
     ckpt = out / "checkpoint.pt" if out is not None else None
     payload = _check_folder(out, cfg, config_toml, resume, overwrite) if out is not None else None
+    began = time.perf_counter()
     setup = build(cfg)
-    state, start, history = None, 0, []
+    state, start, history, before = None, 0, [], 0.0
     if payload is not None:
         state = _restore_state(ckpt, payload, setup.algorithm.init(setup.fed), setup.fed.device)
-        start, history = payload["round"], payload["history"]
+        start, history, before = payload["round"], payload["history"], payload.get("seconds", 0.0)
     if out is not None:
         if overwrite:
             clear_run(out)
@@ -295,12 +304,14 @@ def run(cfg: RunConfig, out_dir: str | Path | None = None, resume: bool = False,
 
     def hook(t, st, hist):
         if ckpt is not None and cfg.checkpoint_every and ((t + 1) % cfg.checkpoint_every == 0 or t + 1 == cfg.rounds):
-            save_checkpoint(ckpt, t + 1, st, hist, config_toml)
+            save_checkpoint(ckpt, t + 1, st, hist, config_toml, before + time.perf_counter() - began)
         if on_round is not None:
             on_round(t, st, hist)
 
     result = simulate(_owning(setup.algorithm), setup.fed, cfg.rounds, state=state, start_round=start,
                       history=history, taps=setup.taps, eval_every=cfg.eval_every, on_round=hook)
+    # the run's time: this invocation's (set-up and rounds) on top of the earlier ones'; none if no round was left
+    result.seconds = before + (time.perf_counter() - began if start < cfg.rounds else 0.0)
     if out_dir is not None:
         result.to_json(Path(out_dir) / "history.json")
         result.to_csv(Path(out_dir) / "history.csv")

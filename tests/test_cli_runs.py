@@ -151,6 +151,7 @@ DAMAGE = {
     "one inf": (lambda p: _rewrite(p, lambda s: FedAvgState(s.params.index_fill(0, torch.tensor([5]), math.inf))),
                 "1 NaN/inf"),
     "short history": (lambda p: save_checkpoint(p, 2, _good(p)[1], _good(p)[2][:1], _good(p)[3]), "rounds 1..2"),
+    "negative seconds": (lambda p: save_checkpoint(p, *_good(p), -1.0), "'seconds'"),
 }
 
 
@@ -310,6 +311,24 @@ def test_resume_extends_a_run_like_an_uninterrupted_longer_run(capsys, run_dir, 
         assert a.items() >= b.items()
     assert extended[-1] == straight[-1] and "global_acc" in extended[1] and "global_acc" not in straight[1]
     assert torch.equal(_good(run_dir / "checkpoint.pt")[1].params, _good(tmp_path / "long" / "checkpoint.pt")[1].params)
+
+
+def test_the_summary_seconds_add_up_over_resumed_invocations(capsys, run_dir):
+    """summary.txt's seconds: the run's time over every invocation (carried in the checkpoint); resuming a finished
+    run adds nothing."""
+    def seconds() -> float:
+        table = (run_dir / "summary.txt").read_text().splitlines()
+        return float(table[2].split()[table[0].split().index("seconds")])
+
+    first = seconds()
+    assert cli(capsys, "run", "tiny.toml", "--out", run_dir, "--no-progress", "--resume", "--set", "rounds=4",
+               "--set", "checkpoint_every=1")[0] == 0
+    both = seconds()
+    assert both > first
+    assert cli(capsys, "run", "tiny.toml", "--out", run_dir, "--no-progress", "--resume", "--set", "rounds=4",
+               "--set", "checkpoint_every=1")[0] == 0
+    assert first < seconds() <= both                 # the checkpoint's time: the last round's, before the files
+    assert seconds() == pytest.approx(both, abs=0.5)
 
 
 def test_interrupted_run_resumes_to_the_same_files(capsys, tmp_path, monkeypatch):
