@@ -29,8 +29,8 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
             f.write(data)
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
+    except BaseException:   # (an interrupt right after os.replace finds tmp already renamed: nothing to remove)
+        Path(tmp).unlink(missing_ok=True)
         raise
     return path
 

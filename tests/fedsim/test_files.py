@@ -29,6 +29,21 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
     assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["x.txt"]
 
 
+def test_an_interrupt_right_after_the_rename_stays_an_interrupt(tmp_path, monkeypatch):
+    """Ctrl-C landing just after os.replace: the new file is in place and the KeyboardInterrupt (not a
+    FileNotFoundError about the temporary, already renamed) reaches the caller."""
+    real = os.replace
+
+    def replace_then_interrupt(src, dst):
+        real(src, dst)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", replace_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write_text(tmp_path / "x.txt", "new")
+    assert (tmp_path / "x.txt").read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["x.txt"]
+
+
 def test_figures_are_written_in_the_format_of_their_suffix(tmp_path):
     fig, ax = plt.subplots()
     ax.plot([0, 1], [1, 0])
