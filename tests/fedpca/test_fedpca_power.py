@@ -412,3 +412,17 @@ def test_decentralized_power_on_a_time_varying_graph(spectrum_clients):
         torch.testing.assert_close(state.X.sum(0), state.F.sum(0), atol=1e-11, rtol=0)
     res = simulate(alg, fed, 600, eval_every=6)
     assert res.final("max_node_angle_to_reference") < 1e-6
+
+
+@pytest.mark.parametrize("chebyshev", [True, False])
+def test_a_disconnected_graph_is_refused_even_when_lambda_2_rounds_below_1(chebyshev):
+    """Two disjoint 5-rings: the eigen-solver gives |lambda_2| = 1 - 1e-16, whose step count would be in the
+    hundreds of millions; connectivity is read from W's pattern, so it is always the "disconnected" error."""
+    import networkx as nx
+
+    clients, _ = make_spectrum_clients(10)
+    g = nx.disjoint_union(topologies.ring(5), topologies.ring(5))
+    fed = fed_with_reference(clients, 3, topologies.Static(topologies.metropolis_hastings(g), allow_disconnected=True))
+    with pytest.raises(ValueError, match="disconnected \\(2 components"):
+        DecentralizedPower(3, chebyshev=chebyshev).gossip_steps_for(fed)
+    assert DecentralizedPower(3, gossip_steps=4, chebyshev=False).gossip_steps_for(fed) == 4   # a fixed K: allowed
