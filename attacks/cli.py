@@ -52,6 +52,16 @@ def cmd_attack(args) -> int:
     from fedsim.config import ConfigError
     from fedsim.engine import atomic_write_text
 
+    attacks = list(ATTACKS) if args.attack.strip() == "all" else \
+        list(dict.fromkeys(a.strip() for a in args.attack.split(",") if a.strip()))
+    bad = [a for a in attacks if a not in ATTACKS] or ([] if attacks else [args.attack])
+    if bad:
+        raise ConfigError(f"unknown attack {bad[0]!r}; known: all, {', '.join(ATTACKS)}")
+    if args.capture and "informed" in attacks:   # the baseline replays the victims' true masks: not in a capture
+        if args.attack.strip() != "all":
+            raise ConfigError("--attack informed needs the victims' true dropout masks, which a --capture does not "
+                              "hold; use ig and/or dia")
+        attacks.remove("informed")
     if args.capture:   # a Flower run's capture: the model, dropout, victim set and victims come from it
         from attacks.flower_capture import capture_model, read_capture
 
@@ -66,11 +76,6 @@ def cmd_attack(args) -> int:
         raise ConfigError(f"unknown --model {args.model!r}; known: {', '.join(ATTACK_MODELS)}")
     if args.dataset not in VICTIM_SETS:
         raise ConfigError(f"unknown --dataset {args.dataset!r}; known: {', '.join(VICTIM_SETS)}")
-    attacks = list(ATTACKS) if args.attack.strip() == "all" else \
-        list(dict.fromkeys(a.strip() for a in args.attack.split(",") if a.strip()))
-    bad = [a for a in attacks if a not in ATTACKS] or ([] if attacks else [args.attack])
-    if bad:
-        raise ConfigError(f"unknown attack {bad[0]!r}; known: all, {', '.join(ATTACKS)}")
     checks = [(1 <= args.victims <= 128, "1 <= --victims <= 128", args.victims),
               (args.iterations >= 1, "--iterations >= 1", args.iterations),
               (0 <= args.dropout < 1, "0 <= --dropout < 1", args.dropout),  # also refuses NaN

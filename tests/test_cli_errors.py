@@ -235,6 +235,8 @@ def test_fedpca_arguments_checked_against_the_data(capsys, cwd, data_root, argv,
     (["--seed", "-1"], "--seed must be >= 0, got -1"),
     (["--device", "foo"], "--device must be cpu, cuda or cuda:N, got 'foo'"),
     (["--model", "vgg"], "unknown --model 'vgg'"),
+    (["--capture", "capture.pt", "--attack", "informed"], "--attack informed needs the victims' true dropout masks"),
+    (["--capture", "capture.pt", "--attack", "dia,informed"], "which a --capture does not hold"),
 ])
 def test_attack_bad_arguments(capsys, cwd, argv, fragment):
     assert fragment in error_line(capsys, cwd, "attack", *argv)

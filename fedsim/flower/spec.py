@@ -159,6 +159,13 @@ def _parse(items: tuple) -> FlowerSpec:
     spec = FlowerSpec(algorithm, run, int(values["k"]), float(values["client-fraction"]), str(values["out"]),
                       bool(values["capture"]), int(values["min-nodes"]), float(values["round-timeout"]),
                       float(values["node-wait"]))
+    if algorithm == "fedpg":
+        from fedsim.data.nslkdd import PAPER_FEATURES
+
+        d = len(PAPER_FEATURES)   # FedPG on Flower runs on the paper's NSL-KDD features
+        if not 1 <= spec.k < d:
+            raise ConfigError(f"k = {spec.k} must be in 1..{d - 1}: below d = {d}, the NSL-KDD paper features "
+                              "(k = d leaves every anomaly score 0)")
     if not 0 < spec.client_fraction <= 1:
         raise ConfigError(f"client-fraction = {spec.client_fraction} must be in (0, 1]")
     if spec.min_nodes < 1 or spec.min_nodes > run.clients:

@@ -55,6 +55,8 @@ def test_fedavg_run_writes_results_that_match_the_engine(tmp_path, capsys):
     (["--algorithm", "gossip", "--set", "topology=erdos_renyi"], "use a larger p: G(n, p) is connected"),
     (["--algorithm", "gossip", "--set", "topology=erdos_renyi"], "topology = 'erdos_renyi' with clients = 10, "
                                                                   "topology-p = 0.1:"),
+    (["--algorithm", "fedpg", "--set", "k=500"], "k = 500 must be in 1..33: below d = 34"),   # was: every reply
+    (["--algorithm", "fedpg", "--set", "k=0"], "k = 0 must be in 1..33"),                     # refused, exit 0
     (["--algorithm", "fedpg", "--data-dir", "{tmp}/nowhere"], "nsl-kdd"),
     (["--set", "dataset=mnist", "--data-dir", "{tmp}/nowhere"], "mnist"),
 ])
