@@ -118,12 +118,13 @@ def erdos_renyi(n: int, p: float, seed: int) -> nx.Graph:
     seed = check_seed(seed, where)
     G = nx.fast_gnp_random_graph(n, p, seed=seed)
     threshold = math.log(n) / n
+    larger = min(1.0, max(2 * threshold, 1.5 * p))   # above both the threshold and the p that was just drawn
     return _validate(
         G,
         where=where,
         hint=(
-            f"use a larger p: G(n, p) is connected with high probability above the "
-            f"ln(n)/n = {threshold:.4g} threshold (e.g. p = {min(1.0, 2 * threshold):.4g})"
+            f"use a larger p or another seed: G(n, p) is connected with high probability well above the "
+            f"ln(n)/n = {threshold:.4g} threshold (e.g. p = {larger:.4g})"
         ),
     )
 

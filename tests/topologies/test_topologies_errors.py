@@ -52,6 +52,11 @@ def test_erdos_renyi_disconnected_suggests_larger_p():
         T.erdos_renyi(50, 0.01, seed=0)
     msg = str(err.value)
     assert "connected components" in msg and "larger p" in msg and "ln(n)/n" in msg
+    # above the threshold but unlucky: the suggestion is larger than the p just drawn, and another seed is named
+    with pytest.raises(T.DisconnectedGraphError) as err:
+        T.erdos_renyi(20, 0.3, seed=0)
+    suggested = float(str(err.value).rsplit("p = ", 1)[1].rstrip(")"))
+    assert suggested > 0.3 and "another seed" in str(err.value)
 
 
 @pytest.mark.parametrize(
