@@ -583,26 +583,28 @@ def run_study(config: str | Path | None = None, overrides: dict | None = None, o
     once the inputs are checked, ``points/`` and the study's files are removed (``fedsim.studies.claim_study_folder``;
     nothing else is). Returns a ``fedsim.studies.StudyRun``."""
     from fedsim.files import atomic_write_text
+    from fedsim.runs import folder_lock
     from fedsim.studies import StudyRun, claim_study_folder
 
     if workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {workers}")
     study = load_study(config or DEFAULT_CONFIG, overrides)
     out = Path(out or Path("results") / NAME / study.name)
-    configs = check_inputs(study, out, overwrite)
-    text = study_toml(study)
-    if overwrite:
-        claim_study_folder(out, text, overwrite=True, extra=OWN_FILES)
-    atomic_write_text(out / "study.toml", text)
-    atomic_write_text(out / "config.toml", text)
-    if progress:
-        log(f"{len(configs)} points in {out}/points ({workers} worker(s){', Ray' if ray is not None else ''})")
-    ran = run_points(configs, out, workers, progress=progress, keep_checkpoints=study.keep_checkpoints, ray=ray)
-    series, wall = collect(study, out)
-    metrics = aggregate(study, series, wall)
-    write_metrics(out, metrics, size_curves(study, series))
-    atomic_write_text(out / "metrics.csv", (out / "summary.csv").read_text())
-    figures = write_figures(out, study, series, metrics)
+    with folder_lock(out):   # a second sweep into this folder is refused while this one runs
+        configs = check_inputs(study, out, overwrite)
+        text = study_toml(study)
+        if overwrite:
+            claim_study_folder(out, text, overwrite=True, extra=OWN_FILES)
+        atomic_write_text(out / "study.toml", text)
+        atomic_write_text(out / "config.toml", text)
+        if progress:
+            log(f"{len(configs)} points in {out}/points ({workers} worker(s){', Ray' if ray is not None else ''})")
+        ran = run_points(configs, out, workers, progress=progress, keep_checkpoints=study.keep_checkpoints, ray=ray)
+        series, wall = collect(study, out)
+        metrics = aggregate(study, series, wall)
+        write_metrics(out, metrics, size_curves(study, series))
+        atomic_write_text(out / "metrics.csv", (out / "summary.csv").read_text())
+        figures = write_figures(out, study, series, metrics)
     return StudyRun(out, dataclasses.asdict(study), metrics["points"], metrics["groups"], [], ran, len(configs),
                     figures)
 

@@ -10,6 +10,7 @@ refused unless ``resume`` or ``overwrite`` (``fedsim.runs``).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import math
@@ -29,7 +30,7 @@ from fedsim.engine import Federation, Result, atomic_write_text, simulate
 from fedsim.messages import LinkDrop
 from fedsim.models import build_model
 from fedsim.rng import Streams
-from fedsim.runs import (RESUME_FREE, CheckpointError, RunFolderError, clear_run, config_changes,
+from fedsim.runs import (RESUME_FREE, CheckpointError, RunFolderError, clear_run, config_changes, folder_lock,
                          folder_changes, read_checkpoint, run_files, write_checkpoint)
 from fedsim.training import ClientData, LocalSGD
 
@@ -286,8 +287,14 @@ def run(cfg: RunConfig, out_dir: str | Path | None = None, resume: bool = False,
                              "folder, overwrite replaces it")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    config_toml = to_toml(cfg)
     out = Path(out_dir) if out_dir is not None else None
+    # one process at a time checks and writes a run folder: a second run into it is refused while this one runs
+    with folder_lock(out) if out is not None else contextlib.nullcontext():
+        return _run(cfg, out, resume, on_round, overwrite)
+
+
+def _run(cfg: RunConfig, out: Path | None, resume: bool, on_round, overwrite: bool) -> Result:
+    config_toml = to_toml(cfg)
     ckpt = out / "checkpoint.pt" if out is not None else None
     payload = _check_folder(out, cfg, config_toml, resume, overwrite) if out is not None else None
     began = time.perf_counter()
@@ -312,9 +319,9 @@ def run(cfg: RunConfig, out_dir: str | Path | None = None, resume: bool = False,
                       history=history, taps=setup.taps, eval_every=cfg.eval_every, on_round=hook)
     # the run's time: this invocation's (set-up and rounds) on top of the earlier ones'; none if no round was left
     result.seconds = before + (time.perf_counter() - began if start < cfg.rounds else 0.0)
-    if out_dir is not None:
-        result.to_json(Path(out_dir) / "history.json")
-        result.to_csv(Path(out_dir) / "history.csv")
+    if out is not None:
+        result.to_json(out / "history.json")
+        result.to_csv(out / "history.csv")
     return result
 
 

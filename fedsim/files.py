@@ -57,3 +57,4 @@ def listing(folder: str | Path) -> str:
     if runs:
         names.append("<run>/: " + ", ".join(sorted(q.name for q in runs[0].iterdir() if q.is_file())))
     return ", ".join(names)
+

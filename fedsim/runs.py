@@ -17,10 +17,12 @@ unpickles anything, and then only with ``torch.load(..., weights_only=True)``. E
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import math
+import os
 from pathlib import Path
 
 from fedsim.files import atomic_write_bytes
@@ -222,3 +224,38 @@ def claim_results_folder(folder: str | Path, command: str, settings: dict, overw
         what = f"other results ({', '.join(present)})"
     raise RunFolderError(f"--out {folder} holds {what}; pass --overwrite to replace them, or choose another --out")
 
+
+@contextlib.contextmanager
+def folder_lock(folder: str | Path):
+    """Hold an exclusive lock on ``folder`` while this process checks and writes it: a second process that asks
+    for it meanwhile gets a ``RunFolderError`` at once (two runs into one folder would mix their files). The lock
+    is ``flock`` on the folder itself (no lock file; released when the process dies). A folder this call had to
+    create is removed again if it is still empty on exit (a refused run leaves nothing). Where there is no
+    ``fcntl`` (Windows), or ``folder`` cannot be a folder (the caller's checks will say why), nothing is locked."""
+    try:
+        import fcntl
+    except ImportError:   # pragma: no cover (not on POSIX)
+        yield
+        return
+    folder = Path(folder)
+    created = [p for p in (folder, *folder.parents) if not p.exists()]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise RunFolderError(f"{folder} is in use by another fedsim process; wait for it to finish, or "
+                                   "choose another --out") from None
+        yield
+    finally:
+        os.close(fd)
+        for path in created:   # the deepest first
+            try:
+                path.rmdir()
+            except OSError:   # not empty (the run wrote there), or gone
+                break

@@ -629,16 +629,19 @@ def run_study(study, config: str | Path | None = None, overrides: dict | None = 
         raise ConfigError("the config's grid repeats a point (a value listed twice?)")
     if hasattr(study, "check_inputs"):
         study.check_inputs(cfg)   # e.g. the data are there, before anything is written
-    claim_study_folder(out, text, overwrite)
-    atomic_write_text(out / "config.toml", text)
-    todo = [p for p in points if finished_result(out / "points" / p.id, p) is None]
-    order = getattr(study, "cost", None)
-    if order is not None:
-        todo.sort(key=lambda p: -order(cfg, p))   # the longest first: the workers end together
-    tasks = [(study.__name__, cfg, p, str(out / "points" / p.id)) for p in todo]
-    for _ in map_tasks(run_one, tasks, workers, ray, progress, desc=study.NAME):
-        pass
-    return finish_study(study, cfg, points, out, ran=len(todo))
+    from fedsim.runs import folder_lock
+
+    with folder_lock(out):   # a second sweep into this folder is refused while this one runs
+        claim_study_folder(out, text, overwrite)
+        atomic_write_text(out / "config.toml", text)
+        todo = [p for p in points if finished_result(out / "points" / p.id, p) is None]
+        order = getattr(study, "cost", None)
+        if order is not None:
+            todo.sort(key=lambda p: -order(cfg, p))   # the longest first: the workers end together
+        tasks = [(study.__name__, cfg, p, str(out / "points" / p.id)) for p in todo]
+        for _ in map_tasks(run_one, tasks, workers, ray, progress, desc=study.NAME):
+            pass
+        return finish_study(study, cfg, points, out, ran=len(todo))
 
 
 def finish_study(study, cfg: dict, points: list[Point], out: Path, ran: int = 0) -> StudyRun:

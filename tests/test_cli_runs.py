@@ -446,3 +446,28 @@ def test_result_round_trip_writes_non_finite_values_as_null(tmp_path):
     assert math.isnan(back.column("a")[0]) and math.isnan(back.column("c")[1])  # missing stays missing
     result.to_csv(tmp_path / "h.csv")
     assert (tmp_path / "h.csv").read_text().splitlines() == ["round,a,b,c", "1,,,0.5", "2,1.0,,"]
+
+
+def test_a_run_folder_in_use_by_another_process_is_refused(capsys, tmp_path, monkeypatch):
+    """Two runs into one folder at once would mix their files (each passes the empty-folder check): the folder is
+    locked while a run checks and writes it, and a second run is refused at once, in one line, writing nothing.
+    (flock locks of two opens conflict within one process too, so the other process is played by this one.)"""
+    from fedsim.runs import folder_lock
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny.toml").write_text(TINY)
+    with folder_lock(tmp_path / "busy"):
+        assert (tmp_path / "busy").is_dir()
+        code, out, err = cli(capsys, "run", "tiny.toml", "--out", "busy", "--no-progress")
+        assert code == 2 and out == ""
+        assert_one_error_line(err, "busy", "in use by another fedsim process")
+        assert list((tmp_path / "busy").iterdir()) == []
+        code, _, err = cli(capsys, "experiment", "topologies", "--out", "busy", "--no-progress")
+        assert code == 2 and "in use by another fedsim process" in err
+    assert not (tmp_path / "busy").exists()            # made by the lock for nothing: removed with it
+    code, _, err = cli(capsys, "run", "tiny.toml", "--out", "busy", "--no-progress")
+    assert code == 0, err                               # free again
+    with folder_lock(tmp_path / "busy"):
+        code, _, err = cli(capsys, "run", "tiny.toml", "--out", "busy", "--no-progress", "--resume")
+        assert code == 2 and "in use" in err        # a resume too: it would write beside the live run
+    assert (tmp_path / "busy" / "history.json").is_file()   # the finished run's folder stays
