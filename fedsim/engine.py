@@ -7,6 +7,7 @@ optional ``on_round`` hook after every round (the CLI uses it for progress and c
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
@@ -43,6 +44,16 @@ class Federation:
     device: torch.device = torch.device("cpu")
     dtype: torch.dtype = torch.float32
     derived: Derived = field(default_factory=Derived, compare=False, repr=False)   # e.g. sparse mixing matrices
+
+    def __post_init__(self):
+        # floating-point samples in another dtype than the parameters' (NumPy's default float64) are converted
+        # once, here: training and evaluation multiply them with the parameters
+        x = getattr(self.data, "x", None)
+        if isinstance(x, torch.Tensor) and x.is_floating_point() and x.dtype != self.dtype:
+            object.__setattr__(self, "data", dataclasses.replace(self.data, x=x.to(self.dtype)))
+        test_x = self.test_x
+        if isinstance(test_x, torch.Tensor) and test_x.is_floating_point() and test_x.dtype != self.dtype:
+            object.__setattr__(self, "test_x", test_x.to(self.dtype))
 
 
 @dataclass

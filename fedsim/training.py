@@ -45,9 +45,19 @@ class ClientData:
     def from_parts(x: np.ndarray, y: np.ndarray, parts: list[np.ndarray],
                    device: str | torch.device = "cpu") -> "ClientData":
         """Pack a partition (one index array per client) of the pool ``(x, y)``."""
+        if not len(parts):
+            raise ValueError("no clients: the partition is empty")
         if any(len(p) == 0 for p in parts):
             empty = [i for i, p in enumerate(parts) if len(p) == 0]
             raise ValueError(f"{len(empty)} clients have no data (e.g. client {empty[0]}); use fewer clients")
+        if len(x) != len(y):
+            raise ValueError(f"{len(x)} samples x but {len(y)} labels y: they must pair up")
+        low, high = min(int(np.min(p)) for p in parts), max(int(np.max(p)) for p in parts)
+        if low < 0 or high >= len(y):
+            raise ValueError(f"the partition indexes sample {low if low < 0 else high}, outside the pool's "
+                             f"0..{len(y) - 1}")
+        if len(y) and int(np.min(y)) < 0:
+            raise ValueError(f"labels must be class indices >= 0, got {int(np.min(y))}")
         xs = torch.as_tensor(x)
         if xs.is_floating_point() and not bool(torch.isfinite(xs).all()):
             raise ValueError("the samples x contain NaN or inf; clean or impute them first")
@@ -92,13 +102,19 @@ class Trained(NamedTuple):
     momentum: torch.Tensor | None   # [m, P] momentum buffers after the steps (None when momentum = 0)
 
 
-def check_model_fits(model: nn.Module, data: ClientData, test_x: torch.Tensor, test_y: torch.Tensor) -> None:
+def check_model_fits(model: nn.Module, data: ClientData, test_x: torch.Tensor, test_y: torch.Tensor,
+                     dtype: torch.dtype | None = None) -> None:
     """One-line ValueErrors, before any training, for a model that does not take the federation's samples or has
-    fewer outputs than there are labels, and for a test set whose samples or labels do not match."""
+    fewer outputs than there are labels, for a test set whose samples or labels do not match, and for samples whose
+    dtype is not the federation's parameter ``dtype``."""
     shape = tuple(data.x.shape[1:])
     if tuple(test_x.shape[1:]) != shape or len(test_x) != len(test_y):
         raise ValueError(f"the test set ({len(test_x)} samples of shape {tuple(test_x.shape[1:])}, {len(test_y)} "
                          f"labels) does not match the clients' samples of shape {shape}")
+    if dtype is not None and data.x.dtype != dtype:   # (floating-point samples are converted by the Federation)
+        raise ValueError(f"the samples x are {str(data.x.dtype).removeprefix('torch.')}, the parameters "
+                         f"{str(dtype).removeprefix('torch.')}: the models take floating-point samples; convert (and "
+                         "scale) x first, e.g. x.astype(np.float32) / 255")
     weight = next(model.parameters(), None)
     sample = data.x[:2].to(weight.device if weight is not None else data.x.device)
     training = model.training

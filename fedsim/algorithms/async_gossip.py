@@ -123,7 +123,7 @@ class AsyncGossip:
 
     def init(self, fed) -> AsyncGossipState:
         check_schedule(fed, "asynchronous gossip")
-        check_model_fits(self.trainer.model, fed.data, fed.test_x, fed.test_y)
+        check_model_fits(self.trainer.model, fed.data, fed.test_x, fed.test_y, fed.dtype)
         if fed.schedule.directed:
             raise ValueError("asynchronous gossip needs an undirected topology")
         n, dev, dt = fed.data.n_clients, fed.device, fed.dtype

@@ -73,7 +73,7 @@ class FedAvg:
         if not 1 <= self.clients_per_round <= fed.data.n_clients:
             raise ValueError(f"clients_per_round = {self.clients_per_round} must be in 1..{fed.data.n_clients} (the "
                              "federation's clients)")
-        check_model_fits(self.trainer.model, fed.data, fed.test_x, fed.test_y)
+        check_model_fits(self.trainer.model, fed.data, fed.test_x, fed.test_y, fed.dtype)
         params = init_population(self.trainer.model, torch.zeros(1, dtype=torch.int64), fed.streams,
                                  dtype=fed.dtype, device=fed.device, init=self.init_scheme)[0]
         buffers = None

@@ -100,7 +100,7 @@ class Gossip:
 
     def init(self, fed) -> GossipState:
         check_schedule(fed, "gossip")
-        check_model_fits(self.trainer.model, fed.data, fed.test_x, fed.test_y)
+        check_model_fits(self.trainer.model, fed.data, fed.test_x, fed.test_y, fed.dtype)
         n = fed.data.n_clients
         if fed.schedule.directed and self.averaging.rule != "plain":
             raise ValueError(f"averaging rule {self.averaging.rule!r} needs an undirected topology: on a directed "

@@ -115,6 +115,10 @@ class DecentralizedFedPG:
         if getattr(fed.schedule, "directed", False):
             raise ValueError("decentralized FedPG needs an undirected topology")
         clients = fed.clients
+        nodes = fed.schedule.at(0).shape[0]
+        if nodes != clients.n_clients:
+            raise ValueError(f"the topology has {nodes} nodes but the federation {clients.n_clients} clients (one "
+                             "node each)")
         check_k(self.k, clients.d)
         u = fed.streams.uniform("init", torch.zeros(1, dtype=torch.int64), None, (clients.d, self.k),
                                 dtype=torch.float64)[0].to(clients.C)

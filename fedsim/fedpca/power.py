@@ -388,6 +388,9 @@ class DecentralizedPower:
             raise ValueError("the decentralized power method needs an undirected topology")
         clients = fed.clients
         N, d, k = clients.n_clients, clients.d, self.k
+        nodes = fed.schedule.at(0).shape[0]
+        if nodes != N:
+            raise ValueError(f"the topology has {nodes} nodes but the federation {N} clients (one node each)")
         check_k(k, d)
         p = self.block_size(d)
         Z0 = initial_subspace(fed, k)

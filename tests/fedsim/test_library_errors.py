@@ -36,7 +36,7 @@ def test_decentralized_power_on_a_disconnected_round_says_so():
     clients = PCAClients.from_blocks([g.normal(size=(20, 5)) for _ in range(6)])
     W = topologies.metropolis_hastings(_two_triangles())
     fed = PCAFederation(clients, Streams(0), schedule=topologies.Static(W, allow_disconnected=True))
-    with pytest.raises(ValueError, match=r"disconnected \(\|lambda_2\| = 1\)"):
+    with pytest.raises(ValueError, match=r"disconnected \(2 components, \|lambda_2\| = 1\)"):
         simulate(DecentralizedPower(2), fed, 1, eval_every=0)
 
 
@@ -99,3 +99,53 @@ def test_a_model_or_test_set_that_does_not_fit_the_data_is_named_before_training
     with pytest.raises(ValueError, match=r"the test set .* does not match the clients' samples of shape \(1, 8, 8\)"):
         Gossip(trainer(build_model("mlp", (1, 8, 8), 10, (16,)))).init(short)
     assert torch.is_tensor(Gossip(trainer(build_model("mlp", (1, 8, 8), 10, (16,)))).init(fed).x)
+
+
+@pytest.mark.parametrize("x, y, parts, fragment", [
+    (np.zeros((5, 2), np.float32), np.arange(5), [], "no clients"),
+    (np.zeros((5, 2), np.float32), np.arange(4), [np.arange(4)], "5 samples x but 4 labels"),
+    (np.zeros((5, 2), np.float32), np.arange(5), [np.array([0, 7])], "indexes sample 7, outside the pool's 0..4"),
+    (np.zeros((5, 2), np.float32), np.arange(5), [np.array([-1, 0])], "indexes sample -1"),
+    (np.zeros((5, 2), np.float32), np.arange(5) - 1, [np.arange(5)], "labels must be class indices >= 0, got -1"),
+])
+def test_a_malformed_pool_or_partition_is_refused_when_packed(x, y, parts, fragment):
+    """Each of these ran until the first batch and stopped there with a raw torch or Python error."""
+    with pytest.raises(ValueError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
+        ClientData.from_parts(x, y, parts)
+
+
+def test_numpy_float64_samples_are_converted_to_the_federations_dtype(make_fed, mlp, trainer):
+    """NumPy's default float64 samples with float32 parameters stopped training at the first matmul ("expected
+    scalar type Double but found Float"): the Federation converts floating-point samples to its dtype; integer
+    samples (raw pixels) are refused with what to do."""
+    import torch
+
+    fed = make_fed(4, schedule=topologies.Static(topologies.metropolis_hastings(topologies.ring(4))))
+    wide = dataclasses.replace(fed, data=dataclasses.replace(fed.data, x=fed.data.x.double()),
+                               test_x=fed.test_x.double())
+    assert wide.data.x.dtype == torch.float32 and wide.test_x.dtype == torch.float32
+    a = simulate(Gossip(trainer(mlp)), fed, 2).state.x
+    torch.testing.assert_close(simulate(Gossip(trainer(mlp)), wide, 2).state.x, a, atol=1e-6, rtol=0)
+    raw = dataclasses.replace(fed, data=dataclasses.replace(fed.data, x=(fed.data.x * 16).to(torch.uint8)))
+    with pytest.raises(ValueError, match="the samples x are uint8, the parameters float32: the models take "
+                                         "floating-point samples"):
+        Gossip(trainer(mlp)).init(raw)
+
+
+@pytest.mark.parametrize("solver", ["tracking", "admm"])
+def test_decentralized_pca_with_a_topology_of_another_size_is_refused(solver):
+    """12 graph nodes for 10 clients stopped at the first mix with a raw tensor-size error."""
+    import torch
+
+    from fedsim.fedpca.decentralized import DecentralizedFedPG
+    from fedsim.fedpca.fedpg import PCAFederation
+    from fedsim.fedpca.problem import PCAClients
+    from fedsim.rng import Streams
+
+    g = np.random.default_rng(0)
+    clients = PCAClients.from_blocks([g.standard_normal((20, 6)) for _ in range(10)])
+    fed = PCAFederation(clients, Streams(0), schedule=topologies.Static(topologies.metropolis_hastings(
+        topologies.ring(12))))
+    with pytest.raises(ValueError, match="the topology has 12 nodes but the federation 10 clients"):
+        DecentralizedFedPG(2, solver=solver).init(fed)
+    assert torch.is_tensor(clients.C)
