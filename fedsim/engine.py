@@ -137,6 +137,9 @@ def simulate(algorithm, fed: Federation, rounds: int, *, state=None, start_round
         edges = msgs.dst
         for tap in chain:
             msgs = tap(msgs)
+            if not isinstance(msgs, Messages):
+                raise TypeError(f"tap {tap!r} returned {type(msgs).__name__}; a tap must return the Messages it "
+                                "was given (changed or not)")
             if msgs.dst is not edges and not torch.equal(msgs.dst, edges):
                 raise ValueError(f"tap {tap!r} changed the edges of a {msgs.kind} batch; taps may change "
                                  "payloads and deliveries, never who sends to whom")

@@ -21,6 +21,8 @@ from fedsim.rng import Streams
 
 SERVER = -1
 """Client id used for the server in ``senders`` / ``dst``."""
+KINDS = ("downlink", "uplink", "gossip")
+"""What a batch of messages can be (``Messages.kind``)."""
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,15 @@ def edge_keys(senders: torch.Tensor, receivers: torch.Tensor) -> torch.Tensor:
     return (senders.to(torch.int64) + 1) * (1 << 32) + (receivers.to(torch.int64) + 1)
 
 
+def message_kinds(kinds, who: str) -> tuple[str, ...]:
+    """A tap's ``kinds`` filter as a tuple of known kinds (one string is one kind, not its letters)."""
+    kinds = (kinds,) if isinstance(kinds, str) else tuple(kinds)
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown:
+        raise ValueError(f"{who}(kinds=...): unknown message kind {unknown[0]!r}; known: {', '.join(KINDS)}")
+    return kinds
+
+
 @dataclass(frozen=True)
 class LinkDrop:
     """Drops every edge independently with probability ``p``.
@@ -129,6 +140,7 @@ class LinkDrop:
     def __post_init__(self):
         if not 0.0 <= self.p <= 1.0:
             raise ValueError(f"link drop probability must be in [0, 1], got {self.p}")
+        object.__setattr__(self, "kinds", message_kinds(self.kinds, "LinkDrop"))
 
     def __call__(self, msgs: Messages) -> Messages:
         if self.p == 0 or msgs.kind not in self.kinds or len(msgs.dst) == 0:
@@ -165,6 +177,9 @@ class Capture:
     links: list[tuple[int, int]] | None = None
     kinds: tuple[str, ...] = ("uplink", "gossip")
     records: list[Captured] = field(default_factory=list)
+
+    def __post_init__(self):
+        self.kinds = message_kinds(self.kinds, "Capture")
 
     def __call__(self, msgs: Messages) -> Messages:
         if msgs.kind not in self.kinds or (self.rounds is not None and msgs.round not in self.rounds):

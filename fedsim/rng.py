@@ -93,6 +93,8 @@ class Streams:
     def __post_init__(self):
         if not isinstance(self.seed, (int, np.integer)) or isinstance(self.seed, bool):
             raise TypeError(f"seed must be an integer, got {self.seed!r}")
+        if self.seed < 0:   # as a 64-bit word -1 is 2**64 - 1: two seeds, one run
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
 
     def _round_key(self, purpose: str, round: int | None) -> int:
         h = splitmix64(self.seed & _MASK64)

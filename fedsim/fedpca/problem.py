@@ -43,6 +43,8 @@ class PCAClients:
         """Compute C_i = X_i^T X_i for each client's (already standardized) data block."""
         if len(blocks) == 0:
             raise ValueError("need at least one client block")
+        if np.ndim(blocks[0]) != 2:
+            raise ValueError(f"client 0: expected an (n, d) block of n samples, got shape {np.shape(blocks[0])}")
         d = blocks[0].shape[1]
         for i, X in enumerate(blocks):
             if X.ndim != 2 or X.shape[1] != d:

@@ -149,3 +149,31 @@ def test_decentralized_pca_with_a_topology_of_another_size_is_refused(solver):
     with pytest.raises(ValueError, match="the topology has 12 nodes but the federation 10 clients"):
         DecentralizedFedPG(2, solver=solver).init(fed)
     assert torch.is_tensor(clients.C)
+
+
+def test_tap_filters_and_results_are_checked(make_fed, mlp, trainer):
+    """A misspelt kind recorded nothing and said nothing; a string kind matched by substring ("link" would be
+    uplink and downlink); a tap returning None failed with an AttributeError deep in the engine."""
+    from fedsim.messages import Capture, LinkDrop
+
+    for tap in (Capture, lambda kinds: LinkDrop(0.1, kinds=kinds)):
+        with pytest.raises(ValueError, match="unknown message kind 'gosip'; known: downlink, uplink, gossip"):
+            tap(kinds=("gosip",))
+        with pytest.raises(ValueError, match="unknown message kind 'link'"):
+            tap(kinds="link")
+    assert Capture(kinds="gossip").kinds == ("gossip",) and LinkDrop(0.1, kinds="uplink").kinds == ("uplink",)
+    fed = make_fed(4, schedule=topologies.Static(topologies.metropolis_hastings(topologies.ring(4))))
+    with pytest.raises(TypeError, match="returned NoneType; a tap must return the Messages"):
+        simulate(Gossip(trainer(mlp)), fed, 1, taps=[lambda msgs: None])
+
+
+def test_negative_seeds_and_one_dimensional_pca_blocks_are_refused():
+    """Streams(-1) gave exactly the draws of Streams(2**64 - 1); a 1-D block failed with an IndexError."""
+    from fedsim.fedpca.problem import PCAClients
+    from fedsim.rng import Streams
+
+    with pytest.raises(ValueError, match="seed must be >= 0, got -1"):
+        Streams(-1)
+    assert Streams(0).seed == 0
+    with pytest.raises(ValueError, match=r"client 0: expected an \(n, d\) block of n samples, got shape \(6,\)"):
+        PCAClients.from_blocks([np.ones(6)])
