@@ -707,7 +707,11 @@ def _main(argv: list[str] | None) -> int:
         print(f"fedsim: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"fedsim: interrupted{getattr(args, 'interrupt_hint', '')}", file=sys.stderr)
+        hint = getattr(args, "interrupt_hint", "")
+        out = getattr(args, "out", None)
+        if hint == RESUME_HINT and getattr(args, "config", None) and out and not (Path(out) / "checkpoint.pt").exists():
+            hint = "; no checkpoint was written yet: run the same command again to start over"   # `fedsim run`
+        print(f"fedsim: interrupted{hint}", file=sys.stderr)
         return 130
     except OSError as e:   # the file system refused a path (a folder that cannot be made, a full disk, ...)
         if isinstance(e, BrokenPipeError) or e.filename is None:

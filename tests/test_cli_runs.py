@@ -356,6 +356,20 @@ def test_interrupted_run_resumes_to_the_same_files(capsys, tmp_path, monkeypatch
         assert (tmp_path / "cut" / name).read_bytes() == (tmp_path / "straight" / name).read_bytes(), name
 
 
+def test_an_interrupt_before_the_first_checkpoint_does_not_suggest_resume(capsys, tmp_path, monkeypatch):
+    import fedsim.experiment as experiment
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny.toml").write_text(TINY)
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(experiment, "simulate", interrupt)
+    code, _, err = cli(capsys, "run", "tiny.toml", "--out", "early", "--no-progress")
+    assert code == 130 and "--resume" not in err and "no checkpoint was written yet" in err
+
+
 def test_resume_without_a_checkpoint_starts_at_round_0_and_says_so(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "tiny.toml").write_text(TINY)
