@@ -89,19 +89,9 @@ scale = 1.0
 
 
 @pytest.fixture(scope="module")
-def toy(tmp_path_factory):
+def toy(tmp_path_factory, importable_study):
     """The toy study module (importable by name, as worker processes import a study)."""
-    root = tmp_path_factory.mktemp("toy_pkg")
-    (root / "toy_study_mk.py").write_text(TOY)
-    (root / "configs").mkdir()
-    (root / "configs" / "toy.toml").write_text(TOY_TOML)
-    sys.path.insert(0, str(root))
-    import importlib
-
-    module = importlib.import_module("toy_study_mk")
-    yield module
-    sys.path.remove(str(root))
-    sys.modules.pop("toy_study_mk", None)
+    yield from importable_study(tmp_path_factory.mktemp("toy_pkg"), "toy_study_mk", TOY, "toy", TOY_TOML)
 
 
 def _value(cfg, k, s):

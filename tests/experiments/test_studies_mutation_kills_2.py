@@ -9,7 +9,6 @@ docstring. The toy study (a module written into a temporary folder) runs in mill
 from __future__ import annotations
 
 import csv
-import importlib
 import json
 import os
 import sys
@@ -58,17 +57,9 @@ TOY_TOML = 'name = "cpu"\nseeds = [0, 1]\nks = [1, 2]\n\n[run]\n'
 
 
 @pytest.fixture(scope="module")
-def toy(tmp_path_factory):
+def toy(tmp_path_factory, importable_study):
     """The toy study module, importable by name (as worker processes import a study)."""
-    root = tmp_path_factory.mktemp("toy2_pkg")
-    (root / "toy_study_mk2.py").write_text(TOY)
-    (root / "configs").mkdir()
-    (root / "configs" / "toy2.toml").write_text(TOY_TOML)
-    sys.path.insert(0, str(root))
-    module = importlib.import_module("toy_study_mk2")
-    yield module
-    sys.path.remove(str(root))
-    sys.modules.pop("toy_study_mk2", None)
+    yield from importable_study(tmp_path_factory.mktemp("toy2_pkg"), "toy_study_mk2", TOY, "toy2", TOY_TOML)
 
 
 # --- configs ----------------------------------------------------------------------------------------------------
