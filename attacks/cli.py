@@ -37,7 +37,7 @@ def register(subparsers) -> None:
                    help="replace other results in the output folder (removes only fedsim's files; without it a "
                         "folder holding results of other settings is refused, the same settings are re-run)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
-    p.set_defaults(func=cmd_attack)
+    p.set_defaults(func=cmd_attack, locks_out=True)
 
 
 def cmd_attack(args) -> int:

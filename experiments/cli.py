@@ -95,7 +95,7 @@ def register_quickstart(subparsers) -> None:
                         "with a note")
     p.add_argument("--iterations", type=int, help="iterations of the tour's attacks (default: 300)")
     add_run_options(p)
-    p.set_defaults(func=cmd_quickstart)
+    p.set_defaults(func=cmd_quickstart, locks_out=True)
 
 
 def cmd_experiment(args) -> int:

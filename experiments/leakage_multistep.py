@@ -14,8 +14,9 @@ update in closed form (``rank1_input``), which is exact for any S when all steps
 
 All attacks run in one batched IG (``attacks.batched``: same losses, schedule and stop rules as ``invert``,
 per victim), since every target is inverted at the same w0. ``--loop`` uses ``invert`` one at a time instead.
-Writes results/leakage_multistep/multistep.csv (one row per run), summary.csv (mean over victims) and grid.png
-(originals, then one row of reconstructions per (lr, S)).
+Writes results/leakage_multistep/multistep.csv (one row per run), summary.csv (mean over victims), grid.png
+(originals, then one row of reconstructions per (lr, S)) and results.json (the settings, rows and summary). A folder
+holding results of other settings is refused unless --overwrite.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import json
+import sys
 import time
 from pathlib import Path
 
@@ -37,7 +40,9 @@ from attacks.labels import idlg_label
 from attacks.metrics import mse, psnr, ssim
 from attacks.models import DropoutMLP
 from attacks.victims import MNIST_MEAN, MNIST_STD, load_victims, normalize_mnist
+from fedsim.data import DataNotFoundError
 from fedsim.engine import atomic_write_text
+from fedsim.runs import RunFolderError, claim_results_folder, folder_lock
 from fedsim.rng import Streams
 from fedsim.state import ParamSpec
 from fedsim.training import ClientData, LocalSGD
@@ -182,11 +187,31 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--loop", action="store_true", help="invert one run at a time (attacks.inversion.invert)")
     parser.add_argument("--no-grid", action="store_true", help="do not write grid.png (originals + reconstructions)")
+    parser.add_argument("--overwrite", action="store_true", help="replace the results of other settings in --out")
     args = parser.parse_args(argv)
+    if (min(args.victims) < 0 or max(args.victims) > 127 or min(args.steps) < 1 or min(args.lr) <= 0
+            or args.iterations < 1 or args.threads < 1):
+        parser.error("need --victims in 0..127, --steps >= 1, --lr > 0, --iterations >= 1, --threads >= 1")
+    out = Path(args.out)
+    settings = {k: getattr(args, k) for k in ("victims", "lr", "steps", "iterations", "seed")}
+    try:
+        with folder_lock(out):   # a second process writing here meanwhile is refused
+            claim_results_folder(out, "leakage_multistep", settings, args.overwrite)
+            study(args, out, settings)
+    except RunFolderError as e:
+        print(f"leakage_multistep: error: {e}", file=sys.stderr)
+        return 2
+    except DataNotFoundError as e:
+        print(f"leakage_multistep: error: {e.describe('--data-dir')}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def study(args, out: Path, settings: dict) -> None:
+    """Run every (lr, S, victim), write the CSVs, results.json and the grid into ``out`` and print the table."""
     torch.set_num_threads(args.threads)
     rows, seconds, grid = run(args.victims, args.lr, args.steps, args.iterations, args.data_dir, args.seed, args.loop)
     summary = summarise(rows)
-    out = Path(args.out)
     write_csv(rows, out / "multistep.csv")
     write_csv(summary, out / "summary.csv")
     if not args.no_grid:
@@ -197,8 +222,10 @@ def main(argv=None):
           f"attack time {seconds:.0f} s ({'loop' if args.loop else 'batched'}, {args.threads} thread(s))")
     print(table(summary))
     grid_note = "" if args.no_grid else f", {out / 'grid.png'}"
-    print(f"wrote {out / 'multistep.csv'}, {out / 'summary.csv'}{grid_note}")
+    atomic_write_text(out / "results.json", json.dumps({"command": "leakage_multistep", "args": settings,
+                                                        "rows": rows, "summary": summary}, indent=1, default=str))
+    print(f"wrote {out / 'multistep.csv'}, {out / 'summary.csv'}, {out / 'results.json'}{grid_note}")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

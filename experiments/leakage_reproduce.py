@@ -6,7 +6,8 @@ official hyper-parameters.
 
 IG (ignores dropout), DIA and well-informed IG, each run to its stop rule (loss < 1e-5, 4,000 iterations
 without improvement, or 20,000 iterations), all victims of an attack batched. Results are written after each
-attack (results/leakage_<set>/results.json, atomically); a rerun skips attacks already done.
+attack (results/leakage_<set>/results.json, atomically); a rerun skips attacks already done. A folder holding
+results of another data set, --max-iterations or --seed is refused unless --overwrite (the rows would mix).
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ from pathlib import Path
 
 import torch
 
-from attacks.experiment import run_attacks, save_grid
+from attacks.experiment import ATTACKS, run_attacks, save_grid
 from attacks.inversion import InversionConfig
+from fedsim.data import DataNotFoundError
 from fedsim.engine import atomic_write_text
+from fedsim.runs import RunFolderError, claim_results_folder, folder_lock
 
 SETTINGS = {
     "mnist": dict(model="mlp", dropout=0.25, victims=list(range(10)),
@@ -47,14 +50,34 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="torch seed: the attacked model's weights, its dropout masks "
                     "and the attacks' initial guesses (default: %(default)s)")
     ap.add_argument("--out", default=None, help="results folder (default: results/leakage_DATASET)")
+    ap.add_argument("--overwrite", action="store_true", help="replace the results of other settings in --out")
     args = ap.parse_args(argv)
+    attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
+    if not attacks or set(attacks) - set(ATTACKS) or args.max_iterations < 1 or args.threads < 1:
+        ap.error(f"need --attacks from {', '.join(ATTACKS)}, --max-iterations >= 1, --threads >= 1")
+    out = Path(args.out or f"results/leakage_{args.dataset}")
+    settings = {"dataset": args.dataset, "max_iterations": args.max_iterations, "seed": args.seed}
+    try:
+        with folder_lock(out):   # a second process writing here meanwhile is refused
+            claim_results_folder(out, "leakage_reproduce", settings, args.overwrite)
+            return reproduce(args, attacks, out, settings)
+    except RunFolderError as e:
+        print(f"leakage_reproduce: error: {e}", file=sys.stderr)
+        return 2
+    except DataNotFoundError as e:
+        print(f"leakage_reproduce: error: {e.describe('--data-dir')}", file=sys.stderr)
+        return 2
+
+
+def reproduce(args, attacks: list[str], out: Path, settings: dict) -> int:
+    """Run the attacks not yet in ``out``/results.json (written after each), then print the table and the grid."""
     torch.set_num_threads(args.threads)
     s = SETTINGS[args.dataset]
-    out = Path(args.out or f"results/leakage_{args.dataset}")
     path = out / "results.json"
     done = json.loads(path.read_text()) if path.is_file() else {"rows": [], "recon": {}}
+    done.update(command="leakage_reproduce", args=settings)   # what claim_results_folder compares a rerun with
     config = InversionConfig(max_iterations=args.max_iterations)
-    for attack in args.attacks.split(","):
+    for attack in attacks:
         if any(r["attack"] == attack for r in done["rows"]):
             print(f"{attack}: done already, skipped", file=sys.stderr)
             continue

@@ -5,13 +5,14 @@ entry points (``register(subparsers)`` functions), so that fedsim never imports 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import sys
 import time
 from pathlib import Path
 
-from fedsim.runs import RunFolderError, claim_results_folder  # light: imports torch only when used
+from fedsim.runs import RunFolderError, claim_results_folder, folder_lock  # light: imports torch only when used
 
 EPILOG = """examples:
   fedsim quickstart                           the tour: digits runs, corrected gossip, federated PCA, DIA -> report.md
@@ -418,7 +419,7 @@ def cmd_flower(args) -> int:
 
 def settings_of(args) -> dict:
     """The command's arguments as plain values (what results.json records and a re-run is compared with)."""
-    return {k: v for k, v in vars(args).items() if k not in ("func", "interrupt_hint", "run_options")}
+    return {k: v for k, v in vars(args).items() if k not in ("func", "interrupt_hint", "run_options", "locks_out")}
 
 
 def _check_fedpca_args(args) -> None:
@@ -623,7 +624,7 @@ def _add_fedpca(sub) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="replace other results in the output folder (removes only fedsim's files; without it a "
                         "folder holding results of other settings is refused, the same settings are re-run)")
-    p.set_defaults(func=cmd_fedpca)
+    p.set_defaults(func=cmd_fedpca, locks_out=True)
 
 
 def _add_flower(sub) -> None:
@@ -633,7 +634,7 @@ def _add_flower(sub) -> None:
     from fedsim.flower.runner import add_arguments as flower_arguments
 
     flower_arguments(p)
-    p.set_defaults(func=cmd_flower)
+    p.set_defaults(func=cmd_flower, locks_out=True)
 
 
 def _add_topology(sub) -> None:
@@ -700,7 +701,10 @@ def _main(argv: list[str] | None) -> int:
 
     try:
         _check_args(args)
-        return args.func(args)
+        # a one-shot command (set_defaults(locks_out=True)) holds its --out folder while it runs: a second
+        # process writing there meanwhile is refused (`fedsim run` and the studies lock their folders themselves)
+        with folder_lock(args.out) if getattr(args, "locks_out", False) else contextlib.nullcontext():
+            return args.func(args)
     except (ConfigError, TopologyError, DataNotFoundError, MalformedDataError, SubspaceDimensionError,
             RunFolderError) as e:
         message = e.describe("--data-dir") if isinstance(e, DataNotFoundError) else str(e)

@@ -485,3 +485,20 @@ def test_a_run_folder_in_use_by_another_process_is_refused(capsys, tmp_path, mon
         code, _, err = cli(capsys, "run", "tiny.toml", "--out", "busy", "--no-progress", "--resume")
         assert code == 2 and "in use" in err        # a resume too: it would write beside the live run
     assert (tmp_path / "busy" / "history.json").is_file()   # the finished run's folder stays
+
+
+@pytest.mark.parametrize("command", [["fedpca", "--methods", "pca"],
+                                     ["attack", "--victims", "1", "--iterations", "1", "--no-progress"],
+                                     ["flower", "--algorithm", "fedavg", "--rounds", "1", "--no-progress"],
+                                     ["quickstart", "--parts", "none", "--no-progress"]])
+def test_one_shot_commands_refuse_an_out_folder_in_use(capsys, tmp_path, monkeypatch, command):
+    """`fedsim fedpca`, `attack`, `flower` and `quickstart` hold their --out folder while they run, as `fedsim run`
+    does: a second process writing there meanwhile is refused in one line before any work, and writes nothing."""
+    from fedsim.runs import folder_lock
+
+    monkeypatch.chdir(tmp_path)
+    with folder_lock(tmp_path / "busy"):
+        code, out, err = cli(capsys, *command, "--out", "busy")
+        assert code == 2 and out == ""
+        assert_one_error_line(err, "busy", "in use by another fedsim process")
+        assert list((tmp_path / "busy").iterdir()) == []

@@ -1,0 +1,82 @@
+"""The DIA reproduction and multi-step scripts keep their results folders honest: a rerun with the same settings
+resumes or repeats, one with other settings (or into another command's folder) is refused in one line unless
+--overwrite, a folder in use by another process is refused, and missing data is one line, not a traceback."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from experiments import leakage_multistep, leakage_reproduce
+from fedsim.runs import folder_lock
+
+pytestmark = pytest.mark.needs_data("mnist-victims")
+
+
+def one_error_line(err: str, *words: str) -> None:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+
+
+def test_leakage_reproduce_resumes_same_settings_and_refuses_others(tmp_path, capsys):
+    out = tmp_path / "dia"
+    base = ["mnist", "--max-iterations", "2", "--out", str(out)]
+    assert leakage_reproduce.main([*base, "--attacks", "ig"]) == 0
+    first = json.loads((out / "results.json").read_text())
+    assert first["command"] == "leakage_reproduce" and first["args"]["seed"] == 0
+    assert {r["attack"] for r in first["rows"]} == {"ig"} and len(first["rows"]) == 10
+    assert (out / "reconstructions.png").is_file()
+    capsys.readouterr()
+
+    assert leakage_reproduce.main([*base, "--attacks", "ig,dia"]) == 0          # same settings: ig kept, dia added
+    err = capsys.readouterr().err
+    assert "ig: done already, skipped" in err
+    second = json.loads((out / "results.json").read_text())
+    assert second["rows"][:10] == first["rows"] and {r["attack"] for r in second["rows"][10:]} == {"dia"}
+
+    assert leakage_reproduce.main([*base, "--attacks", "ig", "--seed", "1"]) == 2   # would mix seeds: refused
+    one_error_line(capsys.readouterr().err, "seed: 0 -> 1", "--overwrite")
+    assert json.loads((out / "results.json").read_text()) == second                  # untouched
+
+    assert leakage_reproduce.main([*base, "--attacks", "ig", "--seed", "1", "--overwrite"]) == 0
+    third = json.loads((out / "results.json").read_text())
+    assert third["args"]["seed"] == 1 and {r["attack"] for r in third["rows"]} == {"ig"}
+
+
+def test_leakage_reproduce_refuses_a_folder_of_an_older_format_in_use_or_bad_data(tmp_path, capsys):
+    out = tmp_path / "old"
+    out.mkdir()
+    (out / "results.json").write_text(json.dumps({"rows": [{"attack": "ig"}], "recon": {}}))  # no settings recorded
+    assert leakage_reproduce.main(["mnist", "--attacks", "ig", "--max-iterations", "2", "--out", str(out)]) == 2
+    one_error_line(capsys.readouterr().err, "other results", "--overwrite")
+    with folder_lock(tmp_path / "busy"):
+        assert leakage_reproduce.main(["mnist", "--max-iterations", "2", "--out", str(tmp_path / "busy")]) == 2
+        one_error_line(capsys.readouterr().err, "in use by another fedsim process")
+    assert leakage_reproduce.main(["mnist", "--max-iterations", "2", "--out", str(tmp_path / "x"),
+                                   "--data-dir", str(tmp_path / "nowhere")]) == 2
+    one_error_line(capsys.readouterr().err, "--data-dir")
+    with pytest.raises(SystemExit):
+        leakage_reproduce.main(["mnist", "--attacks", "dai", "--out", str(tmp_path / "y")])
+
+
+def test_leakage_multistep_refuses_other_settings_unless_overwrite(tmp_path, capsys):
+    out = tmp_path / "ms"
+    base = ["--victims", "0", "--lr", "0.1", "--steps", "1", "2", "--iterations", "2", "--no-grid",
+            "--out", str(out)]
+    assert leakage_multistep.main(base) == 0
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["command"] == "leakage_multistep" and saved["args"]["steps"] == [1, 2]
+    assert [r["steps"] for r in saved["summary"]] == [1, 2]
+    csv_before = (out / "multistep.csv").read_text()
+    capsys.readouterr()
+    assert leakage_multistep.main(base) == 0                                  # the same settings: repeated
+    assert leakage_multistep.main([*base, "--seed", "3"]) == 2               # another seed: refused
+    one_error_line(capsys.readouterr().err, "seed: 0 -> 3", "--overwrite")
+    assert (out / "multistep.csv").read_text() == csv_before
+    assert leakage_multistep.main([*base, "--seed", "3", "--overwrite"]) == 0
+    assert json.loads((out / "results.json").read_text())["args"]["seed"] == 3
+    with pytest.raises(SystemExit):
+        leakage_multistep.main([*base, "--steps", "0"])
