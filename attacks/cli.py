@@ -11,20 +11,27 @@ from fedsim.cli import DATA_DIR_DEFAULT, format_table, settings_of
 from fedsim.runs import claim_results_folder
 
 
+FRESH_DEFAULTS = {"model": "mlp", "dataset": "mnist", "dropout": 0.25, "victims": 1}
+"""What ``fedsim attack`` attacks when neither the options nor a ``--capture`` say."""
+
+
 def register(subparsers) -> None:
     """Add ``fedsim attack`` to the ``fedsim`` command line (the sub-parsers action of ``fedsim.cli.build_parser``)."""
     p = subparsers.add_parser(
         "attack", help="gradient inversion (IG vs DIA vs informed IG) on victims' gradients",
         description="Reconstruct victims' images from the gradient they share (train mode, dropout "
                     "active); labels inferred with iDLG. Prints a table; saves an image grid.")
-    p.add_argument("--model", default="mlp", help="mlp (the DIA paper's 3 x 512 MLP), vit (its small ViT), lenet, resnet")
-    p.add_argument("--dataset", default="mnist", help="mnist or cifar10 (the 128-image DIA victim sets)")
-    p.add_argument("--dropout", type=float, default=0.25, help="dropout rate p of the model, in [0, 1)")
+    # (the defaults of --model, --dataset, --dropout and --victims are FRESH_DEFAULTS: with --capture the file's)
+    p.add_argument("--model", help="mlp (the DIA paper's 3 x 512 MLP), vit (its small ViT), lenet, resnet "
+                                   "(default: mlp)")
+    p.add_argument("--dataset", help="mnist or cifar10 (the 128-image DIA victim sets) (default: mnist)")
+    p.add_argument("--dropout", type=float, help="dropout rate p of the model, in [0, 1) (default: 0.25)")
     p.add_argument("--attack", default="all", help="all, or a comma list of ig, dia, informed")
-    p.add_argument("--victims", type=int, default=1, help="number of victims (images 0..N-1), 1..128")
+    p.add_argument("--victims", type=int, help="number of victims (images 0..N-1), 1..128 (default: 1)")
     p.add_argument("--capture", metavar="FILE", help="attack the uploads a Flower ServerApp captured (capture.pt of "
-                                                     "experiments/flower_leakage.py); model, dropout and victims "
-                                                     "come from the file (default: none, attack fresh victims)")
+                                                     "experiments/flower_leakage.py); model, data set, dropout and "
+                                                     "victims come from the file (default: none, attack fresh "
+                                                     "victims)")
     p.add_argument("--iterations", type=int, default=3000, help="iteration cap per attack (official: 20,000)")
     p.add_argument("--data-dir", help="folder holding mnist/dia_mnist_128.npz and cifar10-sample/dia_cifar10_128.npz, "
                                       "downloaded there from the DIA authors' repository when missing "
@@ -70,8 +77,17 @@ def cmd_attack(args) -> int:
             capture_model(header)
         except ValueError as e:
             raise ConfigError(f"--capture {e}") from None
-        args.model, args.dataset, args.dropout = header["model"], header["dataset"], float(header["dropout"])
-        args.victims = len({r["sender"] for r in records if r["kind"] == "uplink" and r["round"] == 0})
+        held = {"model": header["model"], "dataset": header["dataset"], "dropout": float(header["dropout"]),
+                "victims": len({r["sender"] for r in records if r["kind"] == "uplink" and r["round"] == 0})}
+        for key, value in held.items():   # an explicit option the capture contradicts would be silently ignored
+            given = getattr(args, key)
+            if given is not None and given != value:
+                raise ConfigError(f"--{key} {given} disagrees with --capture {args.capture}, which holds {key} "
+                                  f"{value}; leave --{key} out (the capture's is used)")
+            setattr(args, key, value)
+    for key, value in FRESH_DEFAULTS.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     if args.model not in ATTACK_MODELS:
         raise ConfigError(f"unknown --model {args.model!r}; known: {', '.join(ATTACK_MODELS)}")
     if args.dataset not in VICTIM_SETS:

@@ -81,6 +81,32 @@ def test_attack_capture_dia_beats_ig_and_the_cli_reads_it(tmp_path, data_root, c
     assert err.startswith("fedsim: error: --capture") and len(err.strip().splitlines()) == 1
 
 
+def test_attack_capture_refuses_options_that_contradict_the_file(tmp_path, data_root, capsys):
+    """With --capture the model, data set, dropout and victims come from the file: an explicit option that says
+    otherwise would be silently ignored, so it is refused in one line; one that agrees is accepted."""
+    write(tmp_path / "capture.pt", [0], [victim_step(data_root, 0, 7)])
+    base = ["attack", "--capture", str(tmp_path / "capture.pt"), "--attack", "dia", "--iterations", "1",
+            "--data-dir", str(data_root), "--no-progress"]
+    for flag, value, held in (("--model", "vit", "mlp"), ("--dataset", "cifar10", "mnist"),
+                              ("--dropout", "0.5", "0.25"), ("--victims", "3", "1")):
+        assert main([*base, flag, value, "--out", str(tmp_path / "no")]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and f"{flag} {value}" in err and held in err, err
+        assert not (tmp_path / "no").exists()
+    out = tmp_path / "yes"
+    assert main([*base, "--model", "mlp", "--dropout", "0.25", "--victims", "1", "--out", str(out)]) == 0
+    args = json.loads((out / "results.json").read_text())["args"]
+    assert (args["model"], args["dataset"], args["dropout"], args["victims"]) == ("mlp", "mnist", 0.25, 1)
+
+
+def test_attack_without_capture_takes_the_documented_defaults(tmp_path, data_root):
+    out = tmp_path / "fresh"
+    assert main(["attack", "--attack", "ig", "--iterations", "1", "--data-dir", str(data_root), "--out", str(out),
+                 "--no-progress"]) == 0
+    args = json.loads((out / "results.json").read_text())["args"]
+    assert (args["model"], args["dataset"], args["dropout"], args["victims"]) == ("mlp", "mnist", 0.25, 1)
+
+
 @pytest.mark.flower
 def test_capture_format_is_the_flower_apps_one():
     pytest.importorskip("flwr")
