@@ -512,11 +512,19 @@ def _serve_fedpg(grid: Grid, spec: fspec.FlowerSpec, nodes: dict[int, int], logb
 
 def write_capture(path, spec: fspec.FlowerSpec, records: list[dict]) -> None:
     """Write what the ServerApp saw (``records``: round, kind, sender, receiver, payload, delivered; client ids,
-    ``SERVER`` = -1) with the model description an attack needs (``load_capture`` reads it back)."""
+    ``SERVER`` = -1) with the model description an attack needs (``load_capture`` reads it back). The header also
+    holds the whole run config (``run_config``: partition, topology, mixing, averaging, ...) and, for gossip, the
+    graph's directed edges ``[sender, receiver]`` (``edges``), so that a capture describes its run on its own."""
     run = spec.run
     header = {"format": CAPTURE_FORMAT, "algorithm": spec.algorithm, "model": run.model.name,
               "hidden": list(run.model.hidden), "dataset": run.data.dataset, "lr": run.algorithm.lr,
-              "local_steps": run.algorithm.local_steps, "batch_size": run.algorithm.batch_size, "seed": run.seed}
+              "local_steps": run.algorithm.local_steps, "batch_size": run.algorithm.batch_size, "seed": run.seed,
+              "run_config": spec.to_run_config()}
+    if spec.algorithm == "gossip":
+        from fedsim.experiment import build_schedule
+
+        W = build_schedule(run).at(0).tocoo()   # W[i, j] > 0: i receives j's model (the relay's SparseW.inbox)
+        header["edges"] = sorted([int(j), int(i)] for i, j in zip(W.row, W.col) if i != j)
     buf = io.BytesIO()
     torch.save({"header": header, "records": [{**r, "payload": r["payload"].detach().cpu()} for r in records]}, buf)
     atomic_write_bytes(path, buf.getvalue())

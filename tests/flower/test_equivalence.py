@@ -63,6 +63,28 @@ def test_fedavg_capture_matches_engine_curious_server(tmp_path):
     assert {(r.round, r.receiver) for r in downs} == set(mine)
 
 
+def test_gossip_capture_describes_its_run_and_graph(tmp_path):
+    """A gossip capture names its topology and holds the graph's edges: every relayed model went along one of them,
+    and every edge of the undirected graph is there in both directions."""
+    import networkx as nx
+
+    import topologies
+    from fedsim.flower.apps import load_capture
+
+    spec = make_spec("gossip", clients=8, rounds=2, topology="regular", topology_k=3, local_steps=1, batch_size=8,
+                     hidden="16", out=str(tmp_path), capture=True)
+    run_spec(spec)
+    header, records = load_capture(tmp_path / "capture.pt")
+    config = header["run_config"]
+    assert (config["topology"], config["topology-k"], config["clients"], config["averaging"]) == \
+        ("regular", 3, 8, "plain")
+    graph = topologies.build("regular", 8, seed=spec.run.seed, k=3)
+    want = sorted([a, b] for u, v in graph.edges for a, b in ((u, v), (v, u)))
+    assert header["edges"] == want and nx.is_connected(graph)
+    relayed = {(r.sender, r.receiver) for r in records if r.kind == "gossip"}
+    assert relayed and relayed <= {tuple(e) for e in header["edges"]}
+
+
 @pytest.mark.parametrize("averaging,active", [("plain", 1.0), ("variance_corrected", 1.0), ("plain", 0.5)])
 def test_gossip_bit_exact_with_engine(averaging, active):
     spec = make_spec("gossip", clients=8, rounds=ROUNDS, topology="regular", topology_k=3, local_steps=1,
