@@ -30,7 +30,7 @@ import torch
 
 from fedsim.fedpca.fedpg import PCAFederation, riemannian_steps, stiefel_project
 from fedsim.fedpca.grassmann import largest_principal_angle, orthonormality_error, orthonormalize, qr_retract
-from fedsim.fedpca.problem import check_k, objective
+from fedsim.fedpca.problem import check_k, check_k_positive, objective
 from fedsim.messages import Messages
 from fedsim.mixing import SparseW
 
@@ -71,6 +71,7 @@ class DecentralizedFedPG:
     oversample: int | None = None
 
     def __post_init__(self):
+        check_k_positive(self.k)
         if self.solver not in ("", *SOLVERS):
             raise ValueError(f"unknown solver {self.solver!r}; known: {', '.join(SOLVERS)}")
         if ((self.eta is not None and self.eta <= 0) or (self.rho is not None and self.rho <= 0)

@@ -85,7 +85,7 @@ from fedsim.fedpca.grassmann import (
     qr_retract,
     tangent_project,
 )
-from fedsim.fedpca.problem import PCAClients, check_k, objective
+from fedsim.fedpca.problem import PCAClients, check_k, check_k_positive, objective
 from fedsim.messages import SERVER, Messages
 from fedsim import rng
 from fedsim.rng import Streams
@@ -294,6 +294,7 @@ class FedPG:
     vectorized: bool = True   # linearized solver: False runs each client's node step alone (the Flower node's path)
 
     def __post_init__(self):
+        check_k_positive(self.k)
         for name, value, known in (("variant", self.variant, VARIANTS), ("method", self.method, METHODS),
                                    ("retraction", self.retraction, ("", *RETRACTIONS)),
                                    ("projection", self.projection, ("", *PROJECTIONS)),

@@ -76,7 +76,7 @@ from fedsim.fedpca.grassmann import (
     orthonormality_error,
     qr_retract,
 )
-from fedsim.fedpca.problem import check_k, objective
+from fedsim.fedpca.problem import check_k, check_k_positive, objective
 from fedsim.messages import SERVER, Messages
 from fedsim.mixing import SparseW
 
@@ -225,6 +225,7 @@ class FederatedPower:
     tol: float = 0.0
 
     def __post_init__(self):
+        check_k_positive(self.k)
         if self.momentum not in MOMENTUM:
             raise ValueError(f"unknown momentum {self.momentum!r}; known: {', '.join(MOMENTUM)}")
         if not 0 < self.client_fraction <= 1:
@@ -327,6 +328,7 @@ class DecentralizedPower:
     smoothing: float = 0.2
 
     def __post_init__(self):
+        check_k_positive(self.k)
         if self.momentum not in MOMENTUM:
             raise ValueError(f"unknown momentum {self.momentum!r}; known: {', '.join(MOMENTUM)}")
         if self.gossip_steps is not None and self.gossip_steps < 1:

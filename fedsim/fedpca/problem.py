@@ -17,6 +17,13 @@ class SubspaceDimensionError(ValueError):
     """k is not in 1..d."""
 
 
+def check_k_positive(k) -> None:
+    """Refuse a subspace dimension that no data can take (not an integer, or < 1) when an algorithm is built;
+    ``check_k`` checks it against d once the data is known."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise SubspaceDimensionError(f"k must be an integer >= 1, got k = {k!r}")
+
+
 def check_k(k: int, d: int) -> int:
     """Validate the subspace dimension against the feature dimension."""
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= d:

@@ -201,6 +201,18 @@ def test_bad_options_are_named():
         PCAClients.from_blocks([np.zeros((3, 4)), np.full((3, 4), np.nan)])
 
 
+@pytest.mark.parametrize("k", [0, -2, 2.0, True, None])
+def test_a_subspace_dimension_no_data_can_take_is_refused_when_the_algorithm_is_built(k):
+    """k < 1 or not an integer fails when FedPG, FedPE, decentralized FedPG or the power methods are built, not
+    later in ``init`` (where it used to surface); numpy integers are accepted."""
+    from fedsim.fedpca.power import DecentralizedPower, FederatedPower
+
+    for make in (FedPG, FedPE, DecentralizedFedPG, FederatedPower, DecentralizedPower):
+        with pytest.raises(SubspaceDimensionError, match=f"k must be an integer >= 1, got k = {k!r}"):
+            make(k)
+        assert make(np.int64(2)).k == 2
+
+
 def test_integer_sample_counts_become_the_statistics_dtype():
     """Hand-built clients with int64 counts: the weights n_i / n are taken in C's float64, not in float32."""
     n = torch.tensor([3, 7, 11])
