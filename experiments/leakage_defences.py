@@ -296,11 +296,31 @@ class Trainer:
 
 # --- files ------------------------------------------------------------------------------------------------------
 
+class ResultsFileError(ValueError):
+    """--out's results.csv is not one this script wrote (or was damaged)."""
+
+
 def read_rows(path: Path) -> list[dict]:
+    """The rows of an earlier run's results.csv ([] if there is none); ``ResultsFileError`` if it is not one."""
     if not path.is_file():
         return []
     with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+        reader = csv.DictReader(f)
+        rows = list(reader)
+    missing = [c for c in ("sweep", "strength", "attack", *CONFIG_KEYS) if c not in (reader.fieldnames or [])]
+    broken = next((i for i, r in enumerate(rows, 2) if None in r or None in r.values()), None)
+    if not missing and broken is None:
+        try:
+            for r in rows:
+                float(r["strength"])
+        except ValueError:
+            broken = 0
+    if missing or broken is not None:
+        what = f"no column {missing[0]!r}" if missing else \
+            f"line {broken} is malformed" if broken else "a strength that is not a number"
+        raise ResultsFileError(f"{path} is not a results file of this script ({what}); move it away or choose "
+                               "another --out")
+    return rows
 
 
 def write_rows(path: Path, rows: list[dict]) -> None:
@@ -410,7 +430,15 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
+    """Run the sweeps (rows already in --out's results.csv are skipped), then print the table and draw the plot."""
+    from fedsim.runs import folder_lock
+
     args = parse_args(argv)
+    with folder_lock(args.out):   # a second process writing this results.csv meanwhile is refused
+        return sweep_and_report(args)
+
+
+def sweep_and_report(args) -> int:
     torch.set_num_threads(args.threads)
     from attacks.victims import load_victims
     from fedsim.cli import format_table
@@ -479,12 +507,14 @@ def main(argv=None) -> int:
 
 
 def cli(argv=None) -> int:
-    """``main`` with missing data reported as one line (exit status 2) instead of a traceback."""
+    """``main`` with missing data, a results.csv it did not write or an --out in use by another process reported as
+    one line (exit status 2) instead of a traceback."""
     from fedsim.data import DataNotFoundError
+    from fedsim.runs import RunFolderError
 
     try:
         return main(argv)
-    except DataNotFoundError as exc:
+    except (DataNotFoundError, ResultsFileError, RunFolderError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -80,3 +80,23 @@ def test_leakage_multistep_refuses_other_settings_unless_overwrite(tmp_path, cap
     assert json.loads((out / "results.json").read_text())["args"]["seed"] == 3
     with pytest.raises(SystemExit):
         leakage_multistep.main([*base, "--steps", "0"])
+
+
+def test_leakage_defences_names_a_results_file_it_did_not_write(tmp_path, capsys):
+    """A results.csv in --out that is not this script's (another table, a cut-off line, a strength that is not a
+    number) is one error line, not a KeyError traceback, and is left as it was."""
+    from experiments import leakage_defences
+
+    header = ",".join(["sweep", "strength", "attack", *leakage_defences.CONFIG_KEYS])
+    cases = {"a,b\n1,2\n": "no column 'sweep'", f"{header}\nnoise,abc,ig{',1' * 10}\n": "not a number",
+             f"{header}\nnoise,0.1,ig,1\n": "line 2 is malformed"}
+    for text, what in cases.items():
+        out = tmp_path / "bad"
+        out.mkdir(exist_ok=True)
+        (out / "results.csv").write_text(text)
+        assert leakage_defences.cli(["--quick", "--out", str(out)]) == 2
+        one_error_line(capsys.readouterr().err, "results.csv", what)
+        assert (out / "results.csv").read_text() == text
+    with folder_lock(tmp_path / "busy"):
+        assert leakage_defences.cli(["--quick", "--out", str(tmp_path / "busy")]) == 2
+        one_error_line(capsys.readouterr().err, "in use by another fedsim process")
