@@ -65,20 +65,27 @@ def main(argv=None) -> int:
         p.error("need 1 <= --nodes <= 16, 0 <= --dropout < 1, --iterations >= 1, --attack from ig, dia")
     import torch
 
-    from attacks.experiment import save_grid
-    from fedsim.cli import format_table
-    from fedsim.files import atomic_write_text
-    from fedsim.flower.deploy import DeploymentError
-    from fedsim.runs import RunFolderError, claim_results_folder
+    from fedsim.runs import RunFolderError, claim_results_folder, folder_lock
 
     torch.set_num_threads(1)
     out = Path(args.out)
     settings = {k: getattr(args, k) for k in ("nodes", "dropout", "iterations", "attack", "seed", "tls")}
     try:
-        claim_results_folder(out, "flower_leakage", settings, args.overwrite)
+        with folder_lock(out):   # a second process writing here meanwhile is refused
+            claim_results_folder(out, "flower_leakage", settings, args.overwrite)
+            return deploy_and_attack(args, attacks, out, settings)
     except RunFolderError as e:
         print(f"flower_leakage: error: {e}", file=sys.stderr)
         return 2
+
+
+def deploy_and_attack(args, attacks: tuple[str, ...], out: Path, settings: dict) -> int:
+    """Deploy, capture and attack (``run``), then write summary.txt, results.json and the image grid."""
+    from attacks.experiment import save_grid
+    from fedsim.cli import format_table
+    from fedsim.files import atomic_write_text
+    from fedsim.flower.deploy import DeploymentError
+
     print(f"deploying {args.nodes} SuperNodes (FedAvg, dropout MLP p = {args.dropout}, one round) ...",
           file=sys.stderr, flush=True)
     try:
