@@ -500,8 +500,8 @@ def sweep_and_report(args) -> int:
           f"FedAvg {args.rounds} rounds, {args.clients_per_round}/{args.clients} clients, "
           f"{args.local_steps} local steps\n")
     print(format_table(table_rows, TABLE))
-    print(f"\nssim/psnr: attack on the defended update (mean over victims); label_ok: iDLG labels (B = 1; true labels "
-          f"given for B > 1); noise_ratio: noise norm / clipped update norm; test_acc: FedAvg with the defence.")
+    print("\nssim/psnr: attack on the defended update (mean over victims); label_ok: iDLG labels (B = 1; true labels "
+          "given for B > 1); noise_ratio: noise norm / clipped update norm; test_acc: FedAvg with the defence.")
     print(f"results: {csv_path}\nplot:    {png_path}\ntime:    {time.perf_counter() - t_start:.1f} s")
     return 0
 

@@ -496,7 +496,7 @@ class FedPG:
         from fedsim.fedpca.power import client_products
 
         clients = fed.clients
-        N, d, k = clients.n_clients, clients.d, self.k
+        d, k = clients.d, self.k
         if bool(state.stopped):
             return state, {"participants": 0}
         dev = state.Z.device

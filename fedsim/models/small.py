@@ -6,7 +6,6 @@ The modules carry PyTorch's default initialisation; the simulations draw their o
 
 from __future__ import annotations
 
-import math
 
 import torch
 from torch import nn

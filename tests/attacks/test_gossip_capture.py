@@ -13,8 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import topologies
-from attacks.capture import (captured_payloads, gossip_gradient, gossip_mixed, lost_links, push_sum_weights,
-                             update_to_gradient)
+from attacks.capture import (captured_payloads, gossip_gradient, gossip_mixed, lost_links, push_sum_weights)
 from attacks.inversion import InversionConfig, invert
 from attacks.labels import idlg_label
 from attacks.metrics import ssim

@@ -13,7 +13,7 @@ from fedsim.fedpca.fedpg import (FedPE, FedPG, PCAFederation, paper_gradient, qr
 from fedsim.fedpca.grassmann import (cholesky_qr_retract, largest_principal_angle, orthonormality_error,
                                      principal_angles, tangent_project)
 from fedsim.fedpca.problem import PCAClients, SubspaceDimensionError, objective, pooled_matrix, top_k_eigenspace
-from fedsim.messages import Capture, LinkDrop, SERVER
+from fedsim.messages import Capture, LinkDrop
 from fedsim.rng import Streams
 
 
@@ -44,7 +44,6 @@ def test_cholesky_qr_equals_householder_qr_with_sign_fix():
     xi = tangent_project(U, torch.randn(5, 34, 30, generator=g, dtype=torch.float64))
     M = U - 0.05 * xi
     torch.testing.assert_close(cholesky_qr_retract(M), qr_retract(M), atol=1e-12, rtol=0)
-    R = torch.linalg.qr(M)[1]
     assert (torch.diagonal(qr_retract(M).mT @ M, dim1=-2, dim2=-1) > 0).all()
 
 

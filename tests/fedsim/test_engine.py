@@ -137,7 +137,7 @@ def test_capture_sees_exactly_the_uploaded_local_models(small_fed, mlp, trainer)
 def test_capture_gossip_neighbour_and_eavesdropper(small_fed, mlp, trainer):
     neighbour = Capture(receivers=[3], rounds=[1])
     link = Capture(links=[(0, 1)])
-    res = simulate(Gossip(trainer(mlp)), small_fed, 2, taps=[neighbour, link], eval_every=100)
+    simulate(Gossip(trainer(mlp)), small_fed, 2, taps=[neighbour, link], eval_every=100)
     assert sorted(r.sender for r in neighbour.records) == [2, 4]   # ring neighbours of node 3
     assert [(r.sender, r.receiver, r.round) for r in link.records] == [(0, 1, 0), (0, 1, 1)]
 

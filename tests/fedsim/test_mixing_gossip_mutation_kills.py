@@ -24,7 +24,6 @@ from fedsim.engine import simulate
 from fedsim.mixing import SparseW, combine
 from fedsim.models import build_model
 from fedsim.state import ParamSpec
-from fedsim.training import LocalSGD
 
 EXACT = 1e-12    # float64 against a float64 reference
 F32 = 1e-6       # float32 against a float64 reference (values of order 1)
