@@ -267,7 +267,8 @@ def _fedpca_protocol_line(args) -> str:
                 f"rows' residuals, alpha = {args.alpha}); AUC needs no threshold")
     if args.protocol == "q-statistic":
         return (f"threshold: q-statistic, honest (Jackson-Mudholkar Q at alpha = {args.alpha} from the normal training "
-                f"rows' covariance); AUC needs no threshold")
+                f"rows' covariance; calibrated for a subspace of the centrally scaled rows, approximate for own-scaled "
+                f"methods; not for the paper variants' raw Z); AUC needs no threshold")
     if args.protocol == "paper-minmax":
         return f"threshold: paper-minmax, tau = {args.tau} (the paper's: min + tau (max - min) of the test scores)"
     return f"threshold: paper-quantile, q = {args.quantile} (the paper's: the q-quantile of the test scores)"
@@ -304,6 +305,13 @@ def cmd_fedpca(args) -> int:
         what = f"unknown --methods entry {unknown[0]!r}" if unknown else f"--methods {args.methods!r} names no method"
         raise ConfigError(f"{what}; known: {', '.join(pipeline.METHODS)}")
     _check_fedpca_args(args)
+    raw = [m for m in methods if m in pipeline.PAPER_METHODS]
+    if args.protocol == "q-statistic" and raw and args.methods is None:   # the default list: all that it applies to
+        methods, raw = [m for m in methods if m not in raw], []
+    if args.protocol == "q-statistic" and raw:   # their residuals are not on the covariance's scale
+        raise ConfigError(f"--protocol q-statistic needs an orthonormal subspace, and {raw[0]} (a paper variant) "
+                          "scores with its raw, non-orthonormal Z: every normal row would be flagged; use --protocol "
+                          "train-quantile, or leave the paper variants out of --methods")
     graphs = sorted(set(topologies.GENERATORS) - {"edge_list"})
     if args.topology not in graphs:
         raise ConfigError(f"unknown --topology {args.topology!r}; known: {', '.join(graphs)}")
@@ -566,7 +574,8 @@ def _add_fedpca(sub) -> None:
     p.add_argument("--methods", help="comma-separated subset of: centralized, exact-federated (global scaler), "
                                      "exact-federated-local (clients' own scaling: FedPG's optimum), projector-avg, "
                                      "local-only, fedpg, fedpg-paper, fedpe-paper, fedpg-decentralized "
-                                     "(default: all of them)")
+                                     "(default: all of them; with --protocol q-statistic all but the paper "
+                                     "variants)")
     p.add_argument("--test", default="test+", choices=["test+", "test21", "both"],
                    help="test set: KDDTest+ (the paper's), KDDTest-21 (its rows that some of 21 classifiers got "
                         "wrong), or both (one table each)")

@@ -285,9 +285,17 @@ def evaluate_method(res: MethodResult, data: NslKddData, protocol: str = DEFAULT
     "q-statistic": Jackson-Mudholkar at level alpha from the training covariance) use no test statistics; the
     paper's ("paper-minmax" with tau, "paper-quantile" with q) threshold the test scores themselves. The paper
     reconstructs with the raw server Z (``orthonormal=False`` for the paper variants). "threshold" is returned.
+
+    "q-statistic" assumes that Z is orthonormal and spans the top-k eigenvectors of the normal training rows'
+    covariance (the centralized scaler's): exact for centralized and exact-federated PCA, approximate for the
+    methods that scale each client's rows on its own (their false-positive rate drifts from alpha); refused for
+    a raw, non-orthonormal Z, whose residuals are on another scale (every normal row would be flagged).
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
+    if protocol == "q-statistic" and not res.orthonormal:
+        raise ValueError(f"protocol 'q-statistic' needs an orthonormal subspace; {res.name} reconstructs with its raw, "
+                         "non-orthonormal Z (use 'train-quantile')")
     ts = data.test(test)
     Zs = res.Z if res.Z.ndim == 3 else res.Z[None]
     rows = []

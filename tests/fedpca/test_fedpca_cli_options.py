@@ -137,6 +137,28 @@ def test_paper_protocol_says_tau_was_tuned_on_the_test_set(tmp_path, capsys, dat
 
 
 @pytest.mark.needs_data("nsl-kdd")
+def test_q_statistic_leaves_the_paper_variants_out_of_the_default_methods(tmp_path, capsys, data_root, monkeypatch):
+    """The Jackson-Mudholkar threshold is on the scale of an orthonormal basis: the paper variants' raw Z flags
+    every normal row (FPR ~100 %), so the default method list leaves them out under q-statistic and the library
+    refuses them."""
+    from fedsim.pipelines import fedpca_nslkdd as pipeline
+
+    monkeypatch.setattr(pipeline, "METHODS", ("centralized", "fedpg-paper"))   # the default list, made small
+    out = tmp_path / "q"
+    assert main(["fedpca", "--data-dir", str(data_root), "--protocol", "q-statistic", "--paper-rounds", "2",
+                 "--out", str(out)]) == 0
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert [r["method"] for r in rows] == ["centralized"] and rows[0]["fpr"] < 5
+    assert "not for the paper variants' raw Z" in capsys.readouterr().out
+    data = pipeline.prepare(data_root)
+    paper = pipeline.train_method("fedpg-paper", data, 10, rounds=2)
+    assert not paper.orthonormal
+    with pytest.raises(ValueError, match="'q-statistic' needs an orthonormal subspace; fedpg-paper"):
+        pipeline.evaluate_method(paper, data, "q-statistic")
+    assert pipeline.evaluate_method(paper, data, "train-quantile")["fpr"] < 5   # the honest quantile still works
+
+
+@pytest.mark.needs_data("nsl-kdd")
 def test_global_scaler_all_normal_makes_exact_federated_match_centralized(tmp_path, capsys, data_root):
     rows = {}
     for scaler in ("blocks", "all-normal"):
@@ -177,6 +199,8 @@ def test_new_flags_have_help_with_defaults(capsys, monkeypatch):
     (["--tol", "-0.001"], "--tol must be >= 0 and finite, got -0.001"),
     (["--tol", "nan"], "--tol must be >= 0 and finite, got nan"),
     (["--tol", "x"], "argument --tol: invalid float value: 'x'"),
+    (["--protocol", "q-statistic", "--methods", "fedpg,fedpe-paper"],
+     "--protocol q-statistic needs an orthonormal subspace, and fedpe-paper (a paper variant) scores with its raw"),
 ])
 def test_bad_new_flag_values_are_one_line_errors(tmp_path, capsys, monkeypatch, argv, fragment):
     monkeypatch.chdir(tmp_path)
