@@ -12,7 +12,9 @@ The gossip nodes start from their own initialisations (``same_init = false``, th
 The data: by default scikit-learn's bundled digits (offline), each node drawing ``data.per_client`` samples
 (``partition = "sampled"``: the nodes' draws may overlap, so every size has the same data per node).
 Accuracy: FedAvg's global model; gossip: the mean over (``eval_nodes``) nodes of each node's own model
-(``nodes_acc``). Rows per point: ``acc`` (at the last round), ``best_acc``, ``rounds_to_target`` (first evaluated
+(``nodes_acc``). Rows per point: ``acc`` (at the last round), ``best_acc`` (the highest over the evaluated rounds:
+a round picked on the test data, so an optimistic figure, kept for reference; the tables and figures use ``acc``
+and ``rounds_to_target``), ``rounds_to_target`` (first evaluated
 round with accuracy >= ``target``; empty if never), ``bytes_sent`` (all rounds), ``seconds``.
 
     fedsim experiment gossip_clients                     # CPU default: 16..1,024 nodes, 3 seeds
