@@ -9,8 +9,9 @@ shapes (speed does not depend on the image):
   vmap + closed-form Linear gradients for the ViT).
 
 Reported: victim-iterations per second (victims x iterations / wall time, early stopping off) and the ratio
-to the one-victim baseline and to the official code's numbers on this machine (spec: 37-51 DIA it/s on the
-MLP, 8-11 on the small ViT; on an H200 157 and 23).
+to the one-victim baseline (measured in this run) and to the official code's rates, an external figure (not
+measured in this run: 37-51 DIA it/s on the MLP and 8-11 on the small ViT, timed by an earlier session on a project
+machine, its log not kept; the spec gives no rates; the H200 figures 157 and 23 are the official notebook's).
 
     python benchmarks/bench_attacks.py                       # CPU, 1 thread
     python benchmarks/bench_attacks.py --device cuda --victims 1 8 64 256
@@ -19,6 +20,7 @@ MLP, 8-11 on the small ViT; on an H200 157 and 23).
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import torch
@@ -55,8 +57,9 @@ def measure(name: str, victims: list[int], iterations: int, device: str) -> list
         return res.seconds
 
     run_invert(2)                                            # warm-up
-    short, long = max(2, iterations // 4), max(4, iterations)
-    base = (long - short) / (run_invert(long) - run_invert(short))   # per iteration, setup cancelled out
+    # per iteration, set-up cancelled out: the difference of a 10- and a 110-iteration run, median of 3 (one
+    # short difference swung 2x between back-to-back runs on a shared machine)
+    base = statistics.median(100 / (run_invert(110) - run_invert(10)) for _ in range(3))
     rows.append({"model": name, "engine": "invert (one victim)", "victims": 1, "victim_it_s": base})
     for v in victims:
         targets = _targets(model, v, v)
@@ -92,7 +95,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     dev = torch.cuda.get_device_name() if args.device == "cuda" else cpu_description()
     print(f"machine: {dev}; torch {torch.__version__}, {args.threads} thread(s), device {args.device}\n")
-    print("model | engine | victims | victim-iterations/s | vs invert (this run) | vs official code")
+    print("model | engine | victims | victim-iterations/s | vs invert (this run) | vs official code (external figure)")
     print("--- | --- | --- | --- | --- | ---")
     for name in args.models:
         for r in measure(name, args.victims, args.iterations, args.device):
