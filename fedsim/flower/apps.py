@@ -296,15 +296,29 @@ def _send(grid: Grid, spec: fspec.FlowerSpec, t: int, kind: str, contents: dict[
     return out
 
 
-def check_reply(reply: Message, cid: int, key: str, shape: tuple[int, ...], dtype: torch.dtype) -> str | None:
-    """Why a reply cannot be used (None: it can): an error reply, a missing record, another client id, a wrong
-    shape or dtype, NaN/inf."""
+def _number(value) -> float | None:
+    """A config value as a float (None if it is not a number: a string, a list, a bool)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        return None
+    return float(value)
+
+
+def check_reply(reply: Message, cid: int, key: str, shape: tuple[int, ...], dtype: torch.dtype,
+                needs: tuple[str, ...] = ()) -> str | None:
+    """Why a reply cannot be used (None: it can): an error reply, a missing record, another client id, a config
+    value the server reads (``needs``) missing or not a number, a wrong shape or dtype, NaN/inf."""
     if reply.has_error():
         return f"the node replied with an error: {reply.error.reason}"
     content = reply.content
     if "config" not in content or content["config"].get("client-id") != cid:
         claimed = content["config"].get("client-id") if "config" in content else None
         return f"the reply claims client id {claimed!r}, expected {cid}"
+    for name in needs:
+        value = _number(content["config"].get(name))
+        if value is None:
+            return f"the reply's config has no number {name!r}"
+        if name == "num-examples" and not (value >= 0 and value == int(value)):   # a FedAvg weight
+            return f"the reply's 'num-examples' is {value}, not a count"
     if "arrays" not in content or key not in content["arrays"]:
         return f"the reply has no {key!r} array"
     try:
@@ -320,10 +334,11 @@ def check_reply(reply: Message, cid: int, key: str, shape: tuple[int, ...], dtyp
     return None
 
 
-def _valid(replies: dict[int, Message], t: int, key: str, shape, dtype, nodes, logbook: Log) -> dict[int, Message]:
+def _valid(replies: dict[int, Message], t: int, key: str, shape, dtype, nodes, logbook: Log,
+           needs: tuple[str, ...] = ()) -> dict[int, Message]:
     good = {}
     for cid, reply in sorted(replies.items()):
-        reason = check_reply(reply, cid, key, shape, dtype)
+        reason = check_reply(reply, cid, key, shape, dtype, needs)
         if reason is None:
             good[cid] = reply
         else:
@@ -350,7 +365,11 @@ def _discover(grid: Grid, spec: fspec.FlowerSpec, logbook: Log) -> dict[int, int
             logbook.reject(-1, None, node, f"no answer to the query: {reply.error.reason if reply.has_error() else ''}")
             continue
         cfg = reply.content["config"]
-        cid = int(cfg["client-id"])
+        cid = cfg.get("client-id")
+        if isinstance(cid, bool) or not isinstance(cid, (int, np.integer)):
+            logbook.reject(-1, None, node, f"the query reply has no integer client-id (got {cid!r})")
+            continue
+        cid = int(cid)
         if not 0 <= cid < n or cid in nodes:
             logbook.reject(-1, cid, node, f"partition id {cid} is outside [0, {n}) or taken")
             continue
@@ -385,7 +404,7 @@ def _serve_fedavg(grid: Grid, spec: fspec.FlowerSpec, nodes: dict[int, int], log
         broadcast = _arrays(params=params)    # serialized once: every sampled client gets the same model
         content = {cid: _content(broadcast, {"round": t}) for cid in sampled}
         replies = _valid(_send(grid, spec, t, "train", content, nodes, logbook), t, "params", params.shape,
-                         params.dtype, nodes, logbook)
+                         params.dtype, nodes, logbook, needs=("num-examples", "loss"))
         if spec.capture:
             logbook.captured += [dict(round=t, kind="downlink", sender=SERVER, receiver=c, payload=params,
                                       delivered=True) for c in sampled]
@@ -433,7 +452,7 @@ def _serve_gossip(grid: Grid, spec: fspec.FlowerSpec, nodes: dict[int, int], log
         active = set(rng.sample_clients(streams, t, n, active_k, "active").tolist())
         content = {cid: _content(None, {"round": t, "active": cid in active}) for cid in nodes}
         trained = _valid(_send(grid, spec, t, "train", content, nodes, logbook), t, "params", (P,), torch.float32,
-                         nodes, logbook)
+                         nodes, logbook, needs=("loss",))
         sent = {c: _tensor(r.content["arrays"], "params") for c, r in trained.items()}
         delivered = torch.tensor([int(s) in sent for s in senders.tolist()], dtype=torch.bool)
         final = t == run.rounds - 1
@@ -475,6 +494,12 @@ def _serve_fedpg(grid: Grid, spec: fspec.FlowerSpec, nodes: dict[int, int], logb
         missing = sorted(set(range(N)) - set(meta))
         raise FlowerRunError(f"FedPG needs every client's statistics to set the penalties; clients {missing} did not "
                              "answer the query")
+    for c in range(N):   # a node that answered without usable statistics would stop the run with a KeyError
+        values = {key: _number(meta[c].get(key)) for key in ("n", "lam-max", "d")}
+        if (None in values.values() or not values["n"] > 0 or not 0 <= values["lam-max"] < math.inf
+                or values["d"] != meta[0].get("d") or not values["d"] >= 1):
+            raise FlowerRunError(f"FedPG needs every client's statistics; client {c}'s query reply has n, lam-max, d "
+                                 f"= {meta[c].get('n')!r}, {meta[c].get('lam-max')!r}, {meta[c].get('d')!r}")
     d = int(meta[0]["d"])
     alg = FedPG(k, client_fraction=spec.client_fraction, vectorized=False)
     n = torch.tensor([float(meta[c]["n"]) for c in range(N)], dtype=torch.float64)
