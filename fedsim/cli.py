@@ -388,7 +388,7 @@ def cmd_fedpca(args) -> int:
             text += f"\n{note}"
         if paper:
             text += ("\npaper rows: the authors' published numbers (one run); their FedPG took 75.1 s for 1,000 rounds "
-                     "on their hardware (ours: the seconds column, 100 rounds of the paper variants)")
+                     f"on their hardware (ours: the seconds column, {args.paper_rounds} rounds of the paper variants)")
         texts.append(text)
         print(f"\n{text}")
     scalers = list(dict.fromkeys(r["scaler"] for r in rows))

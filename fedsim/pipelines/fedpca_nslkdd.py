@@ -287,8 +287,9 @@ def evaluate_method(res: MethodResult, data: NslKddData, protocol: str = DEFAULT
     reconstructs with the raw server Z (``orthonormal=False`` for the paper variants). "threshold" is returned.
 
     "q-statistic" assumes that Z is orthonormal and spans the top-k eigenvectors of the normal training rows'
-    covariance (the centralized scaler's): exact for centralized and exact-federated PCA, approximate for the
-    methods that scale each client's rows on its own (their false-positive rate drifts from alpha); refused for
+    covariance (the centralized scaler's): exact for centralized PCA (and exact-federated PCA with the all-normal
+    global scaler), approximate for the other methods, most of all those that scale each client's rows on its own
+    (their false-positive rate drifts from alpha); refused for
     a raw, non-orthonormal Z, whose residuals are on another scale (every normal row would be flagged).
     """
     if protocol not in PROTOCOLS:
