@@ -396,9 +396,14 @@ def cmd_fedpca(args) -> int:
     if any(m in pipeline.ITERATIVE for m in methods):
         legend += ["angle: largest principal angle (rad) between an iterative method's subspace and the pooled top-k "
                    "eigenspace of its clients' data (0 = converged to the federated optimum)",
-                   f"rounds: rounds that sent messages (fedpg stops once its angle estimate < --tol {args.tol:g}, at "
-                   f"most --rounds {args.rounds}; fedpg-decentralized runs all --rounds; the paper variants "
-                   f"--paper-rounds {args.paper_rounds})"]
+                   "rounds: rounds that sent messages (" + "; ".join(
+                       text for method, text in (
+                           ("fedpg", f"fedpg stops once its angle estimate < --tol {args.tol:g}, at most --rounds "
+                                     f"{args.rounds}"),
+                           ("fedpg-decentralized", "fedpg-decentralized runs all --rounds"),
+                           ("paper", f"the paper variants --paper-rounds {args.paper_rounds}"))
+                       if method in methods or (method == "paper" and set(methods) & set(pipeline.PAPER_METHODS)))
+                   + ")"]
     print("\n" + "\n".join(legend))
     atomic_write_text(out / "summary.txt", "\n\n".join(texts) + "\n\n" + "\n".join(legend) + "\n")
     protocol = {"name": args.protocol, "honest": honest,

@@ -227,3 +227,11 @@ def test_the_default_run_converges(tmp_path, capsys, data_root):
     assert by["fedpg-decentralized"]["angle"] < 1e-5 and by["fedpg-decentralized"]["rounds"] == 1000
     assert by["fedpg-paper"]["rounds"] == 100
     assert math.isclose(by["fedpg"]["auc"], by["exact-federated-local"]["auc"], abs_tol=0.01)
+
+
+@pytest.mark.needs_data("nsl-kdd")
+def test_the_rounds_legend_names_only_the_methods_that_ran(tmp_path, capsys, data_root):
+    assert main(["fedpca", "--data-dir", str(data_root), "--methods", "fedpg", "-k", "5", "--out",
+                 str(tmp_path / "one")]) == 0
+    legend = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("rounds:"))
+    assert "fedpg stops once" in legend and "decentralized" not in legend and "paper variants" not in legend
