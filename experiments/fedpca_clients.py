@@ -43,7 +43,7 @@ DEFAULTS = {
     "k": 30,                       # subspace dimension (the paper's)
     "split": "paper",              # paper | iid | dirichlet
     "features": "paper",           # paper (34 numeric) | onehot
-    "protocol": "train-quantile",  # train-quantile | q-statistic (honest thresholds)
+    "protocol": "train-quantile",  # train-quantile | q-statistic (honest thresholds; q-statistic: no paper variants)
     "alpha": 0.01,                 # false-alarm level of the honest threshold
     "rounds": 1000,                # clean FedPG's round cap (it stops by tol)
     "tol": 1e-6,
@@ -77,6 +77,11 @@ def validate(cfg: dict) -> None:
             raise ConfigError(f"{key}: unknown value {bad[0]!r}; known: {', '.join(allowed)}"
                               + (" (the paper's test-set protocols are for `fedsim fedpca`)" if key == "protocol"
                                  else ""))
+    raw = [m for m in cfg["methods"] if m in pipeline.PAPER_METHODS]
+    if cfg["protocol"] == "q-statistic" and raw:   # their residuals are not on the covariance's scale
+        raise ConfigError(f"protocol = 'q-statistic' needs an orthonormal subspace, and methods holds {raw[0]!r} (a "
+                          "paper variant scores with its raw, non-orthonormal Z: every normal row would be flagged); "
+                          "use protocol = 'train-quantile', or leave the paper variants out of methods")
     for key in ("k", "rounds", "paper_rounds", "paper_local_steps", "decentralized_rounds", "degree", "threads"):
         if cfg[key] < 1:
             raise ConfigError(f"{key} must be >= 1, got {cfg[key]}")

@@ -300,6 +300,14 @@ class ResultsFileError(ValueError):
     """--out's results.csv is not one this script wrote (or was damaged)."""
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def read_rows(path: Path) -> list[dict]:
     """The rows of an earlier run's results.csv ([] if there is none); ``ResultsFileError`` if it is not one."""
     if not path.is_file():
@@ -307,17 +315,14 @@ def read_rows(path: Path) -> list[dict]:
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
         rows = list(reader)
-    missing = [c for c in ("sweep", "strength", "attack", *CONFIG_KEYS) if c not in (reader.fieldnames or [])]
+    missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
     broken = next((i for i, r in enumerate(rows, 2) if None in r or None in r.values()), None)
-    if not missing and broken is None:
-        try:
-            for r in rows:
-                float(r["strength"])
-        except ValueError:
-            broken = 0
-    if missing or broken is not None:
+    numeric = ("strength", *(k for k in METRIC_KEYS if k != "label_source"))
+    bad = None if missing or broken is not None else next(
+        (k for r in rows for k in numeric if (r[k] != "" or k == "strength") and not _is_number(r[k])), None)
+    if missing or broken is not None or bad:
         what = f"no column {missing[0]!r}" if missing else \
-            f"line {broken} is malformed" if broken else "a strength that is not a number"
+            f"line {broken} is malformed" if broken else f"a {bad} that is not a number"
         raise ResultsFileError(f"{path} is not a results file of this script ({what}); move it away or choose "
                                "another --out")
     return rows

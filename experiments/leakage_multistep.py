@@ -25,6 +25,7 @@ import argparse
 import csv
 import io
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -189,9 +190,14 @@ def main(argv=None):
     parser.add_argument("--no-grid", action="store_true", help="do not write grid.png (originals + reconstructions)")
     parser.add_argument("--overwrite", action="store_true", help="replace the results of other settings in --out")
     args = parser.parse_args(argv)
-    if (min(args.victims) < 0 or max(args.victims) > 127 or min(args.steps) < 1 or min(args.lr) <= 0
-            or args.iterations < 1 or args.threads < 1):
-        parser.error("need --victims in 0..127, --steps >= 1, --lr > 0, --iterations >= 1, --threads >= 1")
+    checks = [("--victims", args.victims, all(0 <= v <= 127 for v in args.victims), "in 0..127"),
+              ("--steps", args.steps, all(v >= 1 for v in args.steps), ">= 1"),
+              ("--lr", args.lr, all(math.isfinite(v) and v > 0 for v in args.lr), "> 0 and finite"),
+              ("--iterations", args.iterations, args.iterations >= 1, ">= 1"),
+              ("--threads", args.threads, args.threads >= 1, ">= 1")]
+    for flag, value, ok, rule in checks:
+        if not ok:
+            parser.error(f"{flag} must be {rule}, got {value}")
     out = Path(args.out)
     settings = {k: getattr(args, k) for k in ("victims", "lr", "steps", "iterations", "seed")}
     try:
@@ -218,6 +224,8 @@ def study(args, out: Path, settings: dict) -> None:
         from attacks.experiment import save_grid
 
         save_grid(grid, out / "grid.png")
+    elif args.overwrite and (out / "grid.png").is_file():   # another run's grid must not sit beside these results
+        (out / "grid.png").unlink()
     print(f"IG, DropoutMLP(p=0), MNIST victims {args.victims}, {args.iterations} iterations, seed {args.seed}; "
           f"attack time {seconds:.0f} s ({'loop' if args.loop else 'batched'}, {args.threads} thread(s))")
     print(table(summary))

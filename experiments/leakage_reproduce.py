@@ -59,6 +59,7 @@ def main(argv=None) -> int:
     settings = {"dataset": args.dataset, "max_iterations": args.max_iterations, "seed": args.seed}
     try:
         with folder_lock(out):   # a second process writing here meanwhile is refused
+            _refuse_unrecorded_settings(out / "results.json", args.overwrite)
             claim_results_folder(out, "leakage_reproduce", settings, args.overwrite)
             return reproduce(args, attacks, out, settings)
     except RunFolderError as e:
@@ -67,6 +68,19 @@ def main(argv=None) -> int:
     except DataNotFoundError as e:
         print(f"leakage_reproduce: error: {e.describe('--data-dir')}", file=sys.stderr)
         return 2
+
+
+def _refuse_unrecorded_settings(path: Path, overwrite: bool) -> None:
+    """Results this script wrote before it recorded its settings cannot be resumed safely (the seed and iteration
+    cap they used are unknown): say so, rather than "other results"."""
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    if not overwrite and isinstance(old, dict) and "rows" in old and "command" not in old:
+        raise RunFolderError(f"--out {path.parent} holds results of an earlier leakage_reproduce that recorded no "
+                             "settings (seed, iteration cap), so they cannot be resumed; pass --overwrite to start "
+                             "over, or choose another --out")
 
 
 def reproduce(args, attacks: list[str], out: Path, settings: dict) -> int:

@@ -387,8 +387,10 @@ def cmd_fedpca(args) -> int:
         if note:
             text += f"\n{note}"
         if paper:
+            ours = (f" (ours: the seconds column, {args.paper_rounds} rounds of the paper variants)"
+                    if set(methods) & set(pipeline.PAPER_METHODS) else "")
             text += ("\npaper rows: the authors' published numbers (one run); their FedPG took 75.1 s for 1,000 rounds "
-                     f"on their hardware (ours: the seconds column, {args.paper_rounds} rounds of the paper variants)")
+                     f"on their hardware{ours}")
         texts.append(text)
         print(f"\n{text}")
     scalers = list(dict.fromkeys(r["scaler"] for r in rows))

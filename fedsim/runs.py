@@ -230,18 +230,22 @@ def folder_lock(folder: str | Path):
     """Hold an exclusive lock on ``folder`` while this process checks and writes it: a second process that asks
     for it meanwhile gets a ``RunFolderError`` at once (two runs into one folder would mix their files). The lock
     is ``flock`` on the folder itself (no lock file; released when the process dies). A folder this call had to
-    create is removed again if it is still empty on exit (a refused run leaves nothing). Where there is no
-    ``fcntl`` (Windows), or ``folder`` cannot be a folder (the caller's checks will say why), nothing is locked."""
+    create is removed again if it is still empty on exit (a refused run leaves nothing). ``folder`` naming a file
+    (or lying under one) is a ``RunFolderError``; where there is no ``fcntl`` (Windows), or the folder cannot be
+    made for another reason (the caller's checks will say why), nothing is locked."""
     try:
         import fcntl
     except ImportError:   # pragma: no cover (not on POSIX)
         yield
         return
-    folder = Path(folder)
+    given, folder = Path(folder), Path(os.path.abspath(folder))   # without "..": the folders made here are removed
     created = [p for p in (folder, *folder.parents) if not p.exists()]
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd = os.open(folder, os.O_RDONLY)
+    except (FileExistsError, NotADirectoryError):
+        blocker = next((p for p in (given, *given.parents) if p.exists() and not p.is_dir()), given)
+        raise RunFolderError(f"--out {given}: {blocker} is a file, not a folder; choose another --out") from None
     except OSError:
         yield
         return
@@ -249,7 +253,7 @@ def folder_lock(folder: str | Path):
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            raise RunFolderError(f"{folder} is in use by another fedsim process; wait for it to finish, or "
+            raise RunFolderError(f"{given} is in use by another fedsim process; wait for it to finish, or "
                                    "choose another --out") from None
         yield
     finally:

@@ -317,8 +317,8 @@ def check_reply(reply: Message, cid: int, key: str, shape: tuple[int, ...], dtyp
         value = _number(content["config"].get(name))
         if value is None:
             return f"the reply's config has no number {name!r}"
-        if name == "num-examples" and not (value >= 0 and value == int(value)):   # a FedAvg weight
-            return f"the reply's 'num-examples' is {value}, not a count"
+        if name == "num-examples" and not (1 <= value <= 2 ** 53 and value == int(value)):   # a FedAvg weight
+            return f"the reply's 'num-examples' is {value}, not a count of 1 or more"
     if "arrays" not in content or key not in content["arrays"]:
         return f"the reply has no {key!r} array"
     try:

@@ -116,6 +116,17 @@ def test_fedpca_clients_with_more_clients_than_normal_rows_is_one_line_before_an
     assert not out.exists()
 
 
+def test_fedpca_clients_refuses_q_statistic_with_the_paper_variants_before_training(tmp_path, capsys):
+    """The q-statistic threshold is on an orthonormal basis's scale; a paper variant's raw Z flags every normal row
+    (and the pipeline refuses it): one line naming `protocol` and `methods`, before any folder or training."""
+    out = tmp_path / "fp"
+    code = main(["experiment", "fedpca_clients", "--out", str(out), "--no-progress", "--set", "protocol='q-statistic'",
+                 "--set", "methods=['fedpg', 'fedpe-paper']"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "protocol = 'q-statistic'" in err and "'fedpe-paper'" in err
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("features, k, d", [("paper", 34, 34), ("onehot", 122, 122)])
 def test_fedpca_clients_k_is_checked_against_the_features_d(tmp_path, capsys, require_data, features, k, d):
     """d = 34 paper features, 122 one-hot columns (38 numeric + KDDTrain+'s 84 categories); k = 40 is fine one-hot."""

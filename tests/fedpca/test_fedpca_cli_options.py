@@ -136,7 +136,7 @@ def test_paper_protocol_says_its_threshold_reads_the_test_set(tmp_path, capsys, 
     assert "not an honest evaluation" in text
     paper = next(line for line in text.splitlines() if line.strip().startswith("paper: FedPG (k=30)"))
     assert "89.61" in paper and "75.1" not in paper     # their time is for 1,000 rounds: not in our seconds column
-    assert "their FedPG took 75.1 s for 1,000 rounds" in text
+    assert "their FedPG took 75.1 s for 1,000 rounds on their hardware\n" in text   # no paper variant ran here
     assert json.loads((tmp_path / "p" / "results.json").read_text())["protocol"]["honest"] is False
 
 
@@ -235,3 +235,12 @@ def test_the_rounds_legend_names_only_the_methods_that_ran(tmp_path, capsys, dat
                  str(tmp_path / "one")]) == 0
     legend = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("rounds:"))
     assert "fedpg stops once" in legend and "decentralized" not in legend and "paper variants" not in legend
+    assert main(["fedpca", "--data-dir", str(data_root), "--methods", "fedpe-paper", "-k", "5", "--paper-rounds", "2",
+                 "--protocol", "paper-minmax", "--out", str(tmp_path / "two")]) == 0
+    out = capsys.readouterr().out
+    legend = next(line for line in out.splitlines() if line.startswith("rounds:"))
+    assert legend == "rounds: rounds that sent messages (the paper variants --paper-rounds 2)"
+    assert "(ours: the seconds column, 2 rounds of the paper variants)" in out
+    # results.json records the command's settings only (a new internal default would refuse every older folder)
+    args = json.loads((tmp_path / "two" / "results.json").read_text())["args"]
+    assert not {"func", "locks_out", "interrupt_hint", "run_options"} & set(args) and args["paper_rounds"] == 2

@@ -495,11 +495,12 @@ def test_replies_without_the_config_values_the_server_reads_are_rejected():
     reply without `loss`, and a query reply without an integer `client-id` are rejected with a reason; the run goes
     on (each raised a KeyError / ValueError in the ServerApp before)."""
     broken = {(0, 1): {"num-examples": None}, (0, 2): {"loss": "low"}, (1, 3): {"num-examples": -2},
-              (1, 4): {"num-examples": 2.5}}
+              (1, 4): {"num-examples": 2.5}, (0, 5): {"num-examples": float("inf")}, (1, 5): {"num-examples": 1e300},
+              (1, 0): {"num-examples": 0}}
 
     def tamper(client, reply):
-        if reply.metadata.message_type == "query" and client == 6:
-            reply.content["config"] = ConfigRecord({"who": 6})
+        if reply.metadata.message_type == "query" and client in (6, 7):   # no id; a bool is no integer id either
+            reply.content["config"] = ConfigRecord({"who": 6} if client == 6 else {"client-id": True})
             return reply
         change = broken.get((round_of(reply), client)) if reply.metadata.message_type == "train" else None
         if change:
@@ -514,9 +515,11 @@ def test_replies_without_the_config_values_the_server_reads_are_rejected():
     reasons = {(r["round"], r["client"]): r["reason"] for r in result["rejected"]}
     assert "no number 'num-examples'" in reasons[(1, 1)] and "no number 'loss'" in reasons[(1, 2)]
     assert "'num-examples' is -2.0, not a count" in reasons[(2, 3)] and "is 2.5, not a count" in reasons[(2, 4)]
-    query = [r for r in result["rejected"] if r["round"] == 0]
-    assert len(query) == 1 and query[0]["client"] is None and "no integer client-id (got None)" in query[0]["reason"]
-    lost = set(broken) | {(t, 6) for t in range(2)}
+    assert "is inf, not a count" in reasons[(1, 5)] and "is 1e+300, not a count" in reasons[(2, 5)]
+    assert "is 0.0, not a count of 1 or more" in reasons[(2, 0)]      # all-zero weights would divide by zero
+    query = sorted(r["reason"] for r in result["rejected"] if r["round"] == 0)
+    assert len(query) == 2 and "no integer client-id (got None)" in query[0] and "(got True)" in query[1]
+    lost = set(broken) | {(t, c) for t in range(2) for c in (6, 7)}
     assert torch.equal(final["params"], engine(s.run, taps=(dropping(lost, "uplink"),)).params)
 
     def no_loss(client, reply):
@@ -540,3 +543,12 @@ def test_fedpg_refuses_statistics_that_are_not_numbers(nslkdd, tmp_path):
     s = fedpg(root, out=str(tmp_path))
     with pytest.raises(apps.FlowerRunError, match=r"client 4's query reply has n, lam-max, d = \d+, 'big', 34"):
         run_inprocess(apps.serverapp, client, s.to_run_config(), 6)
+
+    def other_d(msg, context):   # every statistic a number, but one node's d differs from the others'
+        reply = apps.clientapp(msg, context)
+        if msg.metadata.message_type == "query" and int(context.node_config["partition-id"]) == 2:
+            reply.content["config"] = ConfigRecord({**dict(reply.content["config"]), "d": 33})
+        return reply
+
+    with pytest.raises(apps.FlowerRunError, match=r"client 2's query reply has n, lam-max, d = \d+, [\d.e+-]+, 33"):
+        run_inprocess(apps.serverapp, other_d, s.to_run_config(), 6)
