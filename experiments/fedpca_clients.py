@@ -77,8 +77,8 @@ def validate(cfg: dict) -> None:
             raise ConfigError(f"{key}: unknown value {bad[0]!r}; known: {', '.join(allowed)}"
                               + (" (the paper's test-set protocols are for `fedsim fedpca`)" if key == "protocol"
                                  else ""))
-    raw = [m for m in cfg["methods"] if m in pipeline.PAPER_METHODS]
-    if cfg["protocol"] == "q-statistic" and raw:   # their residuals are not on the covariance's scale
+    raw = pipeline.raw_subspace_methods(cfg["protocol"], cfg["methods"])
+    if raw:   # their residuals are not on the covariance's scale
         raise ConfigError(f"protocol = 'q-statistic' needs an orthonormal subspace, and methods holds {raw[0]!r} (a "
                           "paper variant scores with its raw, non-orthonormal Z: every normal row would be flagged); "
                           "use protocol = 'train-quantile', or leave the paper variants out of methods")

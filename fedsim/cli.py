@@ -306,10 +306,10 @@ def cmd_fedpca(args) -> int:
         what = f"unknown --methods entry {unknown[0]!r}" if unknown else f"--methods {args.methods!r} names no method"
         raise ConfigError(f"{what}; known: {', '.join(pipeline.METHODS)}")
     _check_fedpca_args(args)
-    raw = [m for m in methods if m in pipeline.PAPER_METHODS]
-    if args.protocol == "q-statistic" and raw and args.methods is None:   # the default list: all that it applies to
+    raw = pipeline.raw_subspace_methods(args.protocol, methods)
+    if raw and args.methods is None:   # the default list: all that the protocol applies to
         methods, raw = [m for m in methods if m not in raw], []
-    if args.protocol == "q-statistic" and raw:   # their residuals are not on the covariance's scale
+    if raw:   # their residuals are not on the covariance's scale
         raise ConfigError(f"--protocol q-statistic needs an orthonormal subspace, and {raw[0]} (a paper variant) "
                           "scores with its raw, non-orthonormal Z: every normal row would be flagged; use --protocol "
                           "train-quantile, or leave the paper variants out of --methods")

@@ -48,12 +48,13 @@ class Federation:
     def __post_init__(self):
         # floating-point samples in another dtype than the parameters' (NumPy's default float64) are converted
         # once, here: training and evaluation multiply them with the parameters
+        def in_dtype(t):
+            return t.to(self.dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t
+
         x = getattr(self.data, "x", None)
-        if isinstance(x, torch.Tensor) and x.is_floating_point() and x.dtype != self.dtype:
-            object.__setattr__(self, "data", dataclasses.replace(self.data, x=x.to(self.dtype)))
-        test_x = self.test_x
-        if isinstance(test_x, torch.Tensor) and test_x.is_floating_point() and test_x.dtype != self.dtype:
-            object.__setattr__(self, "test_x", test_x.to(self.dtype))
+        if in_dtype(x) is not x:
+            object.__setattr__(self, "data", dataclasses.replace(self.data, x=in_dtype(x)))
+        object.__setattr__(self, "test_x", in_dtype(self.test_x))
 
 
 @dataclass

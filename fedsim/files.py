@@ -57,4 +57,3 @@ def listing(folder: str | Path) -> str:
     if runs:
         names.append("<run>/: " + ", ".join(sorted(q.name for q in runs[0].iterdir() if q.is_file())))
     return ", ".join(names)
-

@@ -17,16 +17,20 @@ class SubspaceDimensionError(ValueError):
     """k is not in 1..d."""
 
 
+def _is_integer(k) -> bool:
+    return isinstance(k, (int, np.integer)) and not isinstance(k, bool)
+
+
 def check_k_positive(k) -> None:
     """Refuse a subspace dimension that no data can take (not an integer, or < 1) when an algorithm is built;
     ``check_k`` checks it against d once the data is known."""
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+    if not _is_integer(k) or k < 1:
         raise SubspaceDimensionError(f"k must be an integer >= 1, got k = {k!r}")
 
 
 def check_k(k: int, d: int) -> int:
     """Validate the subspace dimension against the feature dimension."""
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= d:
+    if not _is_integer(k) or not 1 <= k <= d:
         raise SubspaceDimensionError(f"k must be an integer in 1..d = 1..{d}, got k = {k!r}"
                                      + (" (k > d: a k-dim subspace of R^d needs k <= d)" if isinstance(k, int)
                                         and k > d else ""))

@@ -323,6 +323,12 @@ def evaluate_method(res: MethodResult, data: NslKddData, protocol: str = DEFAULT
     return out
 
 
+def raw_subspace_methods(protocol: str, methods) -> list[str]:
+    """The methods of ``methods`` that ``protocol`` cannot threshold: "q-statistic" needs an orthonormal Z, and the
+    paper variants score with their raw one (``evaluate_method`` refuses them)."""
+    return [m for m in methods if m in PAPER_METHODS] if protocol == "q-statistic" else []
+
+
 def scores_on(res: MethodResult, data: NslKddData, test: str | None = None) -> np.ndarray | None:
     """A single-subspace method's residual scores on a test set (None for local-only's many subspaces)."""
     if res.Z.ndim != 2:

@@ -25,12 +25,12 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, RecordDict  # no
 from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
 
 from fedsim.engine import simulate  # noqa: E402
-from fedsim.experiment import build  # noqa: E402
 from fedsim.flower import apps  # noqa: E402
 from fedsim.flower.inprocess import SERVER_NODE_ID, InProcessGrid, run_inprocess, run_spec  # noqa: E402
 from fedsim.flower.spec import make_spec, split_of, trainer_of  # noqa: E402
 from fedsim.messages import SERVER, Capture  # noqa: E402
 from fedsim.metrics import held_out_metrics  # noqa: E402
+from test_apps_faults import dropping, engine  # noqa: E402  (the engine's per-client path; a tap dropping messages)
 
 pytestmark = pytest.mark.flower
 
@@ -38,21 +38,6 @@ LOSS_RTOL = 1e-6   # the ServerApp averages float32 copies of the reported losse
 
 
 # -- helpers ------------------------------------------------------------------------------------------------------
-
-def engine(run, taps=()):
-    setup = build(dataclasses.replace(run, vectorized=False))
-    return simulate(setup.algorithm, setup.fed, run.rounds, taps=taps, eval_every=0).state
-
-
-def dropping(pairs: set[tuple[int, int]], kind: str):
-    """An engine tap that drops the ``kind`` messages sent by (round, sender) in ``pairs`` (round 0-based)."""
-    def tap(msgs):
-        if msgs.kind != kind:
-            return msgs
-        lost = torch.tensor([(msgs.round, int(s)) in pairs for s in msgs.edge_senders.tolist()], dtype=torch.bool)
-        return msgs.drop(lost) if bool(lost.any()) else msgs
-    return tap
-
 
 class Grid(InProcessGrid):
     """The in-process Grid, recording the timeout of every ``send_and_receive``; ``mute``: (message type, round
